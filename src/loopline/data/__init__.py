@@ -1,0 +1,6 @@
+"""Data: external inputs the pipeline fingerprints, and structural checks."""
+
+from loopline.data.files import Files
+from loopline.data.schema import require_columns
+
+__all__ = ["Files", "require_columns"]

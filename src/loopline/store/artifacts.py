@@ -1,0 +1,302 @@
+"""The artifact store: content-addressed (sha256), written once and atomically, verified on read.
+
+Values are encoded by a codec chosen from their type: Arrow tables and Polars frames as
+Parquet, JSON-able values as JSON, bytes as they are, LightGBM boosters in LightGBM's
+text format. Later layers add codecs with ``register_codec``.
+
+Examples
+--------
+>>> import tempfile
+>>> store = ArtifactStore(tempfile.mkdtemp())
+>>> stored = store.put({"auc": 0.75})
+>>> stored.kind, len(stored.content_hash)
+('json', 64)
+>>> store.get(stored.content_hash, stored.kind)
+{'auc': 0.75}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import fsspec
+import orjson
+
+from loopline.errors import (
+    ArtifactCorruptedError,
+    ArtifactError,
+    ArtifactNotFoundError,
+    UnsupportedArtifactError,
+)
+
+__all__ = ["ArtifactStore", "Codec", "StoredArtifact", "register_codec"]
+
+_CHUNK = 1 << 20
+
+
+class Codec(Protocol):
+    """Encodes one family of values to bytes and back."""
+
+    kind: str
+
+    def accepts(self, value: Any) -> bool: ...
+
+    def write(self, value: Any, handle: IO[bytes]) -> None: ...
+
+    def read(self, data: bytes) -> Any: ...
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    """Where a value's bytes live and how to decode them."""
+
+    content_hash: str
+    uri: str
+    size: int
+    kind: str
+
+
+class _JSONCodec:
+    kind = "json"
+
+    def accepts(self, value: Any) -> bool:
+        return value is None or isinstance(value, (bool, int, float, str, list, tuple, dict))
+
+    def write(self, value: Any, handle: IO[bytes]) -> None:
+        try:
+            handle.write(
+                orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+            )
+        except TypeError as exc:
+            raise UnsupportedArtifactError(
+                f"The value cannot be stored as JSON: {exc}. Return JSON-able values "
+                f"(str, int, float, bool, None, lists and str-keyed dicts of them).",
+            ) from exc
+
+    def read(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
+class _BytesCodec:
+    kind = "bytes"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, (bytes, bytearray, memoryview))
+
+    def write(self, value: Any, handle: IO[bytes]) -> None:
+        handle.write(bytes(value))
+
+    def read(self, data: bytes) -> Any:
+        return data
+
+
+class _ArrowCodec:
+    kind = "arrow"
+
+    def accepts(self, value: Any) -> bool:
+        return type(value).__module__.startswith("pyarrow") and type(value).__name__ == "Table"
+
+    def write(self, value: Any, handle: IO[bytes]) -> None:
+        import pyarrow.parquet as pq
+
+        pq.write_table(value, handle, compression="zstd")
+
+    def read(self, data: bytes) -> Any:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        return pq.read_table(pa.BufferReader(data))
+
+
+class _PolarsCodec(_ArrowCodec):
+    kind = "polars"
+
+    def accepts(self, value: Any) -> bool:
+        return type(value).__module__.startswith("polars") and type(value).__name__ == "DataFrame"
+
+    def write(self, value: Any, handle: IO[bytes]) -> None:
+        super().write(value.to_arrow(), handle)
+
+    def read(self, data: bytes) -> Any:
+        import polars as pl
+
+        return pl.from_arrow(super().read(data))
+
+
+class _LightGBMCodec:
+    kind = "lightgbm"
+
+    def accepts(self, value: Any) -> bool:
+        return type(value).__module__.startswith("lightgbm") and type(value).__name__ == "Booster"
+
+    def write(self, value: Any, handle: IO[bytes]) -> None:
+        handle.write(value.model_to_string().encode())
+
+    def read(self, data: bytes) -> Any:
+        import lightgbm
+
+        return lightgbm.Booster(model_str=data.decode())
+
+
+_CODECS: list[Codec] = [
+    _ArrowCodec(),
+    _PolarsCodec(),
+    _LightGBMCodec(),
+    _BytesCodec(),
+    _JSONCodec(),
+]
+
+
+def register_codec(codec: Codec) -> None:
+    """Add a codec; it is tried before the built-in ones."""
+    _CODECS.insert(0, codec)
+
+
+def _codec_for(value: Any) -> Codec:
+    for codec in _CODECS:
+        if codec.accepts(value):
+            return codec
+    kinds = ", ".join(sorted({c.kind for c in _CODECS}))
+    raise UnsupportedArtifactError(
+        f"No codec can store a value of type {type(value).__module__}.{type(value).__qualname__}. "
+        f"Return one of the supported kinds ({kinds}): for example a pyarrow.Table, a "
+        f"polars.DataFrame, a dict, or a lightgbm.Booster.",
+        value_type=type(value).__qualname__,
+    )
+
+
+def _codec_named(kind: str) -> Codec:
+    for codec in _CODECS:
+        if codec.kind == kind:
+            return codec
+    raise ArtifactError(f"No codec is registered for artifact kind {kind!r}.", kind=kind)
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, target: IO[bytes]) -> None:
+        self._target = target
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.sha.update(view)
+        self._target.write(view)
+        self.size += len(view)
+        return len(view)
+
+
+class ArtifactStore:
+    """Content-addressed blobs under ``<root>/objects/<h[:2]>/<h>`` on any fsspec filesystem."""
+
+    def __init__(self, url: str | os.PathLike[str]) -> None:
+        self.url = os.fspath(url)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.local = protocol in ("file", "local")
+        self._prefix = "" if self.local else f"{protocol}://"
+        if self.local:
+            Path(self.root, "tmp").mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.url!r})"
+
+    def path(self, content_hash: str) -> str:
+        return f"{self.root}/objects/{content_hash[:2]}/{content_hash}"
+
+    def uri(self, content_hash: str) -> str:
+        return self._prefix + self.path(content_hash)
+
+    def exists(self, content_hash: str) -> bool:
+        return bool(self.fs.exists(self.path(content_hash)))
+
+    def put(self, value: Any) -> StoredArtifact:
+        """Encode ``value`` and store it under its content hash (a no-op if already there)."""
+        codec = _codec_for(value)
+        return self._store(codec.kind, lambda handle: codec.write(value, handle))
+
+    def put_bytes(self, data: bytes, kind: str = "bytes") -> StoredArtifact:
+        return self._store(kind, lambda handle: handle.write(data))
+
+    def _store(self, kind: str, write: Callable[[IO[bytes]], Any]) -> StoredArtifact:
+        tmp_dir = Path(self.root, "tmp") if self.local else None
+        fd, tmp_name = tempfile.mkstemp(prefix="put-", dir=tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                hashing = _HashingWriter(raw)
+                with io.BufferedWriter(hashing, buffer_size=_CHUNK) as buffered:
+                    write(buffered)
+            content_hash = hashing.sha.hexdigest()
+            final = self.path(content_hash)
+            if not self.fs.exists(final):
+                if self.local:
+                    Path(final).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp_name, final)  # atomic: readers see all bytes or none
+                else:
+                    self.fs.put_file(tmp_name, final)  # object stores publish a PUT whole
+            return StoredArtifact(content_hash, self.uri(content_hash), hashing.size, kind)
+        finally:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+
+    def read_bytes(self, content_hash: str) -> bytes:
+        """Return the stored bytes after checking that they still hash to ``content_hash``."""
+        path = self.path(content_hash)
+        try:
+            with self.fs.open(path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError as exc:
+            raise ArtifactNotFoundError(
+                f"Artifact {content_hash[:12]} is not in the artifact store {self.url}. It was "
+                f"deleted or the store moved; run the pipeline again (or 'loopline resume RUN') "
+                f"to rebuild it.",
+                content_hash=content_hash,
+                path=path,
+            ) from exc
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != content_hash:
+            raise ArtifactCorruptedError(
+                f"Artifact {content_hash[:12]} at {path} is corrupted: its bytes hash to "
+                f"{actual[:12]}. Delete the file and run the pipeline again (or 'loopline "
+                f"resume RUN') to rebuild it.",
+                content_hash=content_hash,
+                path=path,
+            )
+        return bytes(data)
+
+    def get(self, content_hash: str, kind: str) -> Any:
+        """Read, verify and decode an artifact."""
+        return _codec_named(kind).read(self.read_bytes(content_hash))
+
+    def verify(self, content_hash: str) -> None:
+        """Raise if the stored bytes are missing or do not match their hash."""
+        sha = hashlib.sha256()
+        path = self.path(content_hash)
+        try:
+            with self.fs.open(path, "rb") as handle:
+                while chunk := handle.read(_CHUNK):
+                    sha.update(chunk)
+        except FileNotFoundError as exc:
+            raise ArtifactNotFoundError(
+                f"Artifact {content_hash[:12]} is not in the artifact store {self.url}.",
+                content_hash=content_hash,
+            ) from exc
+        if sha.hexdigest() != content_hash:
+            raise ArtifactCorruptedError(
+                f"Artifact {content_hash[:12]} at {path} is corrupted. Delete the file and "
+                f"run the pipeline again to rebuild it.",
+                content_hash=content_hash,
+                path=path,
+            )

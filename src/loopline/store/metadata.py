@@ -1,0 +1,774 @@
+"""The metadata store: runs, steps, attempts, artifacts, lineage, params, metrics, tags.
+
+SQLAlchemy Core over SQLite (the embedded default, in WAL mode with a busy timeout and
+``BEGIN IMMEDIATE`` writes, so several processes can write at once) or PostgreSQL.
+The schema is migrated to the newest Alembic revision when the store opens.
+
+Examples
+--------
+>>> store = MetadataStore("sqlite://")
+>>> run_id = store.create_run(pipeline="demo", source="demo.py")
+>>> store.finish_run(run_id, "succeeded")
+>>> store.get_run(run_id).status
+'succeeded'
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from loopline.errors import MetadataStoreError, RunNotFoundError
+from loopline.store import schema as t
+
+__all__ = [
+    "ArtifactRecord",
+    "AttemptRecord",
+    "MetadataStore",
+    "MetricRecord",
+    "RunRecord",
+    "StepRecord",
+    "new_id",
+]
+
+RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
+STEP_STATUSES = ("running", "succeeded", "cached", "failed", "skipped")
+
+
+def new_id() -> str:
+    """A random 16-hex-digit id; the CLI accepts any unique prefix of it."""
+    return uuid.uuid4().hex[:16]
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    pipeline: str
+    source: str
+    status: str
+    created_at: float
+    ended_at: float | None
+    error: str | None
+    parent_run_id: str | None
+    options: dict[str, Any]
+    host: str | None
+    pid: int | None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.ended_at is None else self.ended_at - self.created_at
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    id: str
+    run_id: str
+    name: str
+    status: str
+    cache_key: str | None
+    cache_hit: bool
+    started_at: float | None
+    ended_at: float | None
+    error: str | None
+    output_artifact_id: str | None
+    source_step_id: str | None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    number: int
+    status: str
+    started_at: float
+    ended_at: float
+    error: str | None = None
+    traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    id: str
+    content_hash: str
+    uri: str
+    size: int
+    kind: str
+    created_at: float
+    producer_step_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricRecord:
+    step_name: str | None
+    key: str
+    value: float | None
+    step: int
+    timestamp: float
+
+
+@dataclass
+class StepOutcome:
+    """Everything the runner writes when a step ends, in one transaction."""
+
+    status: str
+    ended_at: float
+    error: str | None = None
+    artifact: ArtifactRecord | None = None
+    attempts: Sequence[AttemptRecord] = ()
+    metrics: Sequence[tuple[str, float, int]] = ()
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    """Argument name -> input artifact id, for lineage."""
+    cache_key: str | None = None
+    """When set (and the step succeeded), the output is published under this cache key."""
+
+
+class MetadataStore:
+    """Runs, steps, artifacts and lineage in a SQL database (see the module docstring)."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = _normalize_url(url)
+        self._write_engine = _make_engine(self.url, write=True)
+        database = self._write_engine.url.database
+        file_backed = self._write_engine.dialect.name == "sqlite" and database not in (
+            None,
+            "",
+            ":memory:",
+        )
+        # SQLite files get a second engine whose transactions are plain (shared) BEGINs.
+        self._read_engine = (
+            _make_engine(self.url, write=False) if file_backed else self._write_engine
+        )
+        self._lock = threading.Lock()
+        if migrate:
+            self._migrate()
+
+    @property
+    def dialect(self) -> str:
+        return str(self._write_engine.dialect.name)
+
+    def close(self) -> None:
+        self._write_engine.dispose()
+        if self._read_engine is not self._write_engine:
+            self._read_engine.dispose()
+
+    def __enter__(self) -> MetadataStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connections ---------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._errors(), self._write_engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._errors(), self._read_engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Translate SQLAlchemy and driver errors into ``MetadataStoreError`` once, here."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise MetadataStoreError(
+                f"The metadata database at {_safe_url(self.url)} failed: {detail}. Check that it "
+                f"is reachable and that 'metadata_url' in loopline.toml (or "
+                f"LOOPLINE_METADATA_URL) points to it.",
+                url=_safe_url(self.url),
+            ) from exc
+
+    def _migrate(self) -> None:
+        if self._revision() == t.HEAD_REVISION:
+            return
+        with self._migration_lock():
+            if self._revision() == t.HEAD_REVISION:
+                return
+            from alembic.command import upgrade
+            from alembic.config import Config
+
+            config = Config()
+            config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+            with self._errors(), self._write_engine.begin() as conn:
+                config.attributes["connection"] = conn
+                upgrade(config, "head")
+
+    def _revision(self) -> str | None:
+        with self._read() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
+            return None if row is None else str(row[0])
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """Serialize first-time migrations across processes."""
+        if self.dialect == "postgresql":
+            with self._errors(), self._write_engine.connect() as conn:
+                conn.execute(sa.text("SELECT pg_advisory_lock(774411)"))
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(774411)"))
+                    conn.commit()
+            return
+        database = make_url(self.url).database
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate-lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        pipeline: str,
+        source: str,
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+        options: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Record a new run in status ``running`` with its parameters; return its id."""
+        run_id = new_id()
+        with self._write() as conn:
+            conn.execute(
+                t.runs.insert().values(
+                    id=run_id,
+                    pipeline=pipeline,
+                    source=source,
+                    status="running",
+                    created_at=time.time(),
+                    parent_run_id=parent_run_id,
+                    options=_dumps(dict(options or {})),
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                )
+            )
+            rows = [
+                {"run_id": run_id, "step": step, "key": key, "value": _dumps(value)}
+                for step, values in (params or {}).items()
+                for key, value in values.items()
+            ]
+            if rows:
+                conn.execute(t.params.insert(), rows)
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, *, error: str | None = None) -> None:
+        _check_status(status, RUN_STATUSES)
+        with self._write() as conn:
+            conn.execute(
+                t.runs.update()
+                .where(t.runs.c.id == run_id)
+                .values(status=status, ended_at=time.time(), error=error)
+            )
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """Return the run with this id or unique id prefix."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t.runs).where(t.runs.c.id.startswith(run_id, autoescape=True)).limit(2)
+            ).all()
+        if not rows:
+            raise RunNotFoundError(
+                f"No run has the id {run_id!r}. List runs with 'loopline runs'.", run_id=run_id
+            )
+        if len(rows) > 1:
+            raise RunNotFoundError(
+                f"More than one run starts with {run_id!r}; give more characters of the id.",
+                run_id=run_id,
+            )
+        return _run(rows[0])
+
+    def list_runs(self, *, limit: int = 20, pipeline: str | None = None) -> list[RunRecord]:
+        query = sa.select(t.runs).order_by(t.runs.c.created_at.desc()).limit(limit)
+        if pipeline is not None:
+            query = query.where(t.runs.c.pipeline == pipeline)
+        with self._read() as conn:
+            return [_run(row) for row in conn.execute(query)]
+
+    def run_params(self, run_id: str) -> dict[str, dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(t.params).where(t.params.c.run_id == run_id)).all()
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            out.setdefault(row.step, {})[row.key] = orjson.loads(row.value)
+        return out
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def start_step(self, run_id: str, name: str, *, cache_key: str | None) -> str:
+        step_id = new_id()
+        with self._write() as conn:
+            conn.execute(
+                t.steps.insert().values(
+                    id=step_id,
+                    run_id=run_id,
+                    name=name,
+                    status="running",
+                    cache_key=cache_key,
+                    cache_hit=False,
+                    started_at=time.time(),
+                )
+            )
+        return step_id
+
+    def finish_step(self, run_id: str, step_id: str, outcome: StepOutcome) -> None:
+        """Write a finished step: status, attempts, output artifact, lineage, metrics, cache."""
+        _check_status(outcome.status, STEP_STATUSES)
+        artifact = outcome.artifact
+        with self._write() as conn:
+            conn.execute(
+                t.steps.update()
+                .where(t.steps.c.id == step_id)
+                .values(
+                    status=outcome.status,
+                    ended_at=outcome.ended_at,
+                    error=outcome.error,
+                    output_artifact_id=artifact.id if artifact else None,
+                )
+            )
+            if outcome.attempts:
+                conn.execute(
+                    t.attempts.insert(),
+                    [
+                        {
+                            "step_id": step_id,
+                            "number": a.number,
+                            "status": a.status,
+                            "started_at": a.started_at,
+                            "ended_at": a.ended_at,
+                            "error": a.error,
+                            "traceback": a.traceback,
+                        }
+                        for a in outcome.attempts
+                    ],
+                )
+            edges = [
+                _edge(aid, step_id, "input", "artifact", "step", n)
+                for n, aid in outcome.inputs.items()
+            ]
+            if artifact is not None:
+                conn.execute(
+                    t.artifacts.insert().values(
+                        id=artifact.id,
+                        content_hash=artifact.content_hash,
+                        uri=artifact.uri,
+                        size=artifact.size,
+                        kind=artifact.kind,
+                        created_at=artifact.created_at,
+                        producer_step_id=step_id,
+                    )
+                )
+                edges.append(_edge(step_id, artifact.id, "output", "step", "artifact", None))
+                if outcome.cache_key is not None and outcome.status == "succeeded":
+                    self._upsert_cache(conn, outcome.cache_key, artifact.id, step_id)
+            if edges:
+                conn.execute(t.lineage.insert(), edges)
+            self._insert_metrics(conn, run_id, step_id, outcome.metrics, outcome.ended_at)
+
+    def record_cached_step(
+        self,
+        run_id: str,
+        name: str,
+        *,
+        cache_key: str,
+        artifact_id: str,
+        source_step_id: str,
+        inputs: Mapping[str, str],
+        status: str = "cached",
+    ) -> str:
+        """Record a step answered from the cache; copy the source step's metrics."""
+        step_id = new_id()
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                t.steps.insert().values(
+                    id=step_id,
+                    run_id=run_id,
+                    name=name,
+                    status=status,
+                    cache_key=cache_key,
+                    cache_hit=True,
+                    started_at=now,
+                    ended_at=now,
+                    output_artifact_id=artifact_id,
+                    source_step_id=source_step_id,
+                )
+            )
+            edges = [
+                _edge(aid, step_id, "input", "artifact", "step", n) for n, aid in inputs.items()
+            ]
+            edges.append(_edge(step_id, artifact_id, "output", "step", "artifact", None))
+            conn.execute(t.lineage.insert(), edges)
+            rows = conn.execute(
+                sa.select(t.metrics.c.key, t.metrics.c.value, t.metrics.c.step).where(
+                    t.metrics.c.step_id == source_step_id
+                )
+            ).all()
+            self._insert_metrics(conn, run_id, step_id, [tuple(r) for r in rows], now)
+        return step_id
+
+    def record_skipped_step(self, run_id: str, name: str, *, reason: str) -> str:
+        step_id = new_id()
+        with self._write() as conn:
+            conn.execute(
+                t.steps.insert().values(
+                    id=step_id,
+                    run_id=run_id,
+                    name=name,
+                    status="skipped",
+                    cache_hit=False,
+                    error=reason,
+                )
+            )
+        return step_id
+
+    def get_steps(self, run_id: str) -> list[StepRecord]:
+        query = (
+            sa.select(t.steps)
+            .where(t.steps.c.run_id == run_id)
+            .order_by(t.steps.c.started_at.is_(None), t.steps.c.started_at, t.steps.c.name)
+        )
+        with self._read() as conn:
+            return [_step(row) for row in conn.execute(query)]
+
+    def get_step(self, step_id: str) -> StepRecord:
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.steps).where(t.steps.c.id == step_id)).first()
+        if row is None:
+            raise RunNotFoundError(f"No step has the id {step_id!r}.", step_id=step_id)
+        return _step(row)
+
+    def get_attempts(self, step_id: str) -> list[AttemptRecord]:
+        query = (
+            sa.select(t.attempts)
+            .where(t.attempts.c.step_id == step_id)
+            .order_by(t.attempts.c.number)
+        )
+        with self._read() as conn:
+            return [
+                AttemptRecord(r.number, r.status, r.started_at, r.ended_at, r.error, r.traceback)
+                for r in conn.execute(query)
+            ]
+
+    # -- cache ---------------------------------------------------------------------------
+
+    def lookup_cache(self, cache_key: str) -> tuple[ArtifactRecord, str] | None:
+        """Return the artifact stored under ``cache_key`` and the step that produced it."""
+        query = (
+            sa.select(t.artifacts, t.cache.c.step_id.label("cache_step_id"))
+            .join(t.artifacts, t.artifacts.c.id == t.cache.c.artifact_id)
+            .where(t.cache.c.cache_key == cache_key)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return _artifact(row), str(row.cache_step_id)
+
+    def forget_cache(self, cache_key: str) -> None:
+        with self._write() as conn:
+            conn.execute(t.cache.delete().where(t.cache.c.cache_key == cache_key))
+
+    def _upsert_cache(self, conn: Connection, key: str, artifact_id: str, step_id: str) -> None:
+        values = {
+            "cache_key": key,
+            "artifact_id": artifact_id,
+            "step_id": step_id,
+            "created_at": time.time(),
+        }
+        insert: Any
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(t.cache).values(**values)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["cache_key"],
+                set_={
+                    "artifact_id": artifact_id,
+                    "step_id": step_id,
+                    "created_at": values["created_at"],
+                },
+            )
+        )
+
+    # -- artifacts and lineage -----------------------------------------------------------
+
+    def get_artifact(self, artifact_id: str) -> ArtifactRecord:
+        """Return the artifact with this id (or unique prefix), or content hash."""
+        query = (
+            sa.select(t.artifacts)
+            .where(
+                t.artifacts.c.id.startswith(artifact_id, autoescape=True)
+                | (t.artifacts.c.content_hash == artifact_id)
+            )
+            .limit(2)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            raise RunNotFoundError(
+                f"No artifact has the id {artifact_id!r}. 'loopline show RUN' lists a run's "
+                f"artifacts.",
+                artifact_id=artifact_id,
+            )
+        if len(rows) > 1 and rows[0].content_hash != artifact_id:
+            raise RunNotFoundError(
+                f"More than one artifact starts with {artifact_id!r}; give more characters.",
+                artifact_id=artifact_id,
+            )
+        return _artifact(rows[0])
+
+    def step_inputs(self, step_id: str) -> dict[str, str]:
+        """Argument name -> artifact id for a step's inputs."""
+        query = sa.select(t.lineage.c.name, t.lineage.c.src_id).where(
+            (t.lineage.c.dst_id == step_id) & (t.lineage.c.relation == "input")
+        )
+        with self._read() as conn:
+            return {str(r.name): str(r.src_id) for r in conn.execute(query)}
+
+    def add_lineage(
+        self, src_id: str, dst_id: str, *, relation: str, src_kind: str, dst_kind: str
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                t.lineage.insert().values(_edge(src_id, dst_id, relation, src_kind, dst_kind, None))
+            )
+
+    # -- metrics, params, tags -----------------------------------------------------------
+
+    def log_metrics(
+        self, run_id: str, metrics: Iterable[tuple[str, float, int]], *, step_id: str | None = None
+    ) -> None:
+        with self._write() as conn:
+            self._insert_metrics(conn, run_id, step_id, list(metrics), time.time())
+
+    def _insert_metrics(
+        self,
+        conn: Connection,
+        run_id: str,
+        step_id: str | None,
+        metrics: Sequence[tuple[str, float | None, int]],
+        timestamp: float,
+    ) -> None:
+        if metrics:
+            conn.execute(
+                t.metrics.insert(),
+                [
+                    {
+                        "run_id": run_id,
+                        "step_id": step_id,
+                        "key": k,
+                        "value": v,
+                        "step": s,
+                        "timestamp": timestamp,
+                    }
+                    for k, v, s in metrics
+                ],
+            )
+
+    def get_metrics(self, run_id: str) -> list[MetricRecord]:
+        query = (
+            sa.select(t.metrics, t.steps.c.name)
+            .select_from(t.metrics.outerjoin(t.steps, t.steps.c.id == t.metrics.c.step_id))
+            .where(t.metrics.c.run_id == run_id)
+            .order_by(t.metrics.c.id)
+        )
+        with self._read() as conn:
+            return [
+                MetricRecord(r.name, r.key, r.value, r.step, r.timestamp)
+                for r in conn.execute(query)
+            ]
+
+    def set_tag(self, entity_kind: str, entity_id: str, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                t.tags.delete().where(
+                    (t.tags.c.entity_kind == entity_kind)
+                    & (t.tags.c.entity_id == entity_id)
+                    & (t.tags.c.key == key)
+                )
+            )
+            conn.execute(
+                t.tags.insert().values(
+                    entity_kind=entity_kind, entity_id=entity_id, key=key, value=value
+                )
+            )
+
+    def get_tags(self, entity_kind: str, entity_id: str) -> dict[str, str]:
+        query = sa.select(t.tags.c.key, t.tags.c.value).where(
+            (t.tags.c.entity_kind == entity_kind) & (t.tags.c.entity_id == entity_id)
+        )
+        with self._read() as conn:
+            return {str(r.key): str(r.value) for r in conn.execute(query)}
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _edge(
+    src: str, dst: str, relation: str, src_kind: str, dst_kind: str, name: str | None
+) -> dict[str, Any]:
+    return {
+        "src_id": src,
+        "dst_id": dst,
+        "relation": relation,
+        "src_kind": src_kind,
+        "dst_kind": dst_kind,
+        "name": name,
+    }
+
+
+def _check_status(status: str, allowed: tuple[str, ...]) -> None:
+    if status not in allowed:
+        raise ValueError(f"status must be one of {allowed}, got {status!r}")
+
+
+def _run(row: Any) -> RunRecord:
+    return RunRecord(
+        id=row.id,
+        pipeline=row.pipeline,
+        source=row.source,
+        status=row.status,
+        created_at=row.created_at,
+        ended_at=row.ended_at,
+        error=row.error,
+        parent_run_id=row.parent_run_id,
+        options=orjson.loads(row.options or "{}"),
+        host=row.host,
+        pid=row.pid,
+    )
+
+
+def _step(row: Any) -> StepRecord:
+    return StepRecord(
+        id=row.id,
+        run_id=row.run_id,
+        name=row.name,
+        status=row.status,
+        cache_key=row.cache_key,
+        cache_hit=bool(row.cache_hit),
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        error=row.error,
+        output_artifact_id=row.output_artifact_id,
+        source_step_id=row.source_step_id,
+    )
+
+
+def _artifact(row: Any) -> ArtifactRecord:
+    return ArtifactRecord(
+        id=row.id,
+        content_hash=row.content_hash,
+        uri=row.uri,
+        size=row.size,
+        kind=row.kind,
+        created_at=row.created_at,
+        producer_step_id=row.producer_step_id,
+    )
+
+
+def _normalize_url(url: str) -> str:
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _make_engine(url: str, *, write: bool) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise MetadataStoreError(
+            f"{url!r} is not a database URL. Use sqlite:///path/to/metadata.db or "
+            f"postgresql+psycopg://user@host:5432/dbname.",
+            url=url,
+        ) from exc
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                engine = sa.create_engine(parsed, connect_args={"timeout": 60})
+            else:
+                # One shared connection, so an in-memory database is one database.
+                engine = sa.create_engine(
+                    parsed,
+                    connect_args={"check_same_thread": False},
+                    poolclass=sa.pool.StaticPool,
+                )
+            _tune_sqlite(engine, write=write)
+            return engine
+        if parsed.get_backend_name() == "postgresql":
+            return sa.create_engine(
+                parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+            )
+        return sa.create_engine(parsed)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        extra = "postgres" if parsed.get_backend_name() == "postgresql" else parsed.drivername
+        raise MetadataStoreError(
+            f"No database driver for {parsed.drivername!r}. Install it with "
+            f"pip install 'loopline[{extra}]'.",
+            url=_safe_url(url),
+        ) from exc
+
+
+def _tune_sqlite(engine: Engine, *, write: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA busy_timeout = 60000")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front: a reader never has to upgrade to a
+        # writer mid-transaction, which is what makes concurrent writers deadlock.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,152 @@
+"""The metadata tables, as SQLAlchemy Core ``Table`` objects.
+
+Times are UNIX seconds (float). JSON values are stored as text. The Alembic
+migrations in ``migrations/versions`` create exactly these tables; a test checks that
+the two agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = [
+    "HEAD_REVISION",
+    "METADATA",
+    "artifacts",
+    "attempts",
+    "cache",
+    "lineage",
+    "metrics",
+    "params",
+    "runs",
+    "steps",
+    "tags",
+]
+
+HEAD_REVISION = "0001"
+"""The newest Alembic revision; the store migrates any older database up to it."""
+
+METADATA = MetaData()
+
+runs = Table(
+    "runs",
+    METADATA,
+    Column("id", String(32), primary_key=True),
+    Column("pipeline", String(200), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("error", Text),
+    Column("parent_run_id", String(32)),
+    Column("options", Text, nullable=False, server_default="{}"),
+    Column("host", String(200)),
+    Column("pid", Integer),
+)
+Index("ix_runs_created_at", runs.c.created_at)
+
+steps = Table(
+    "steps",
+    METADATA,
+    Column("id", String(32), primary_key=True),
+    Column("run_id", String(32), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("cache_key", String(64)),
+    Column("cache_hit", Boolean, nullable=False, server_default="0"),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("error", Text),
+    Column("output_artifact_id", String(32)),
+    Column("source_step_id", String(32)),
+)
+Index("ix_steps_run_id", steps.c.run_id)
+Index("ix_steps_cache_key", steps.c.cache_key)
+
+attempts = Table(
+    "attempts",
+    METADATA,
+    Column("step_id", String(32), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("status", String(20), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=False),
+    Column("error", Text),
+    Column("traceback", Text),
+)
+
+artifacts = Table(
+    "artifacts",
+    METADATA,
+    Column("id", String(32), primary_key=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("uri", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("kind", String(50), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("producer_step_id", String(32)),
+)
+Index("ix_artifacts_content_hash", artifacts.c.content_hash)
+
+lineage = Table(
+    "lineage",
+    METADATA,
+    Column("src_id", String(32), primary_key=True),
+    Column("dst_id", String(32), primary_key=True),
+    Column("relation", String(20), primary_key=True),
+    Column("src_kind", String(20), nullable=False),
+    Column("dst_kind", String(20), nullable=False),
+    Column("name", String(200)),
+)
+Index("ix_lineage_dst", lineage.c.dst_id)
+
+params = Table(
+    "params",
+    METADATA,
+    Column("run_id", String(32), primary_key=True),
+    Column("step", String(200), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+metrics = Table(
+    "metrics",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), nullable=False),
+    Column("step_id", String(32)),
+    Column("key", String(200), nullable=False),
+    Column("value", Float),
+    Column("step", Integer, nullable=False, server_default="0"),
+    Column("timestamp", Float, nullable=False),
+)
+Index("ix_metrics_run_id", metrics.c.run_id)
+
+tags = Table(
+    "tags",
+    METADATA,
+    Column("entity_kind", String(20), primary_key=True),
+    Column("entity_id", String(64), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+cache = Table(
+    "cache",
+    METADATA,
+    Column("cache_key", String(64), primary_key=True),
+    Column("artifact_id", String(32), nullable=False),
+    Column("step_id", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
