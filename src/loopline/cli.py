@@ -1,0 +1,348 @@
+"""The ``loopline`` command: thin wrappers over the runner and the stores.
+
+Exit codes: 0 success; 1 a run finished with a failed step; 2 a usage or user error
+(bad arguments, config, pipeline file, unknown run), printed as one line without a
+traceback unless ``--verbose``; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from loopline import __version__
+from loopline.config import CONFIG_FILE, Settings, render_default_config
+from loopline.errors import ConfigError, LooplineError, RunNotFoundError
+from loopline.pipeline.progress import LiveReporter, LogReporter, Reporter, configure_logging
+from loopline.pipeline.runner import Runner, RunResult
+from loopline.store.metadata import MetadataStore, RunRecord, StepRecord
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="loopline",
+    help="Machine-learning pipelines: run, cache, resume and trace them.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+_state: dict[str, bool] = {"verbose": False, "json": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"loopline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logs, and tracebacks on errors.")
+    ] = False,
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="Log one JSON object a line, no live display.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    _state["verbose"] = verbose
+    _state["json"] = log_json
+    configure_logging(json=log_json, verbose=verbose)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented loopline.toml in this folder, showing every backend URL."""
+    path = Path.cwd() / CONFIG_FILE
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists already. Edit it, or pass --force to overwrite it.")
+    path.write_text(render_default_config(), encoding="utf-8")
+    out.print(f"Wrote {path}. With no changes loopline keeps everything in .loopline/.")
+
+
+@app.command()
+def run(
+    pipeline: Annotated[str, typer.Argument(help="A pipeline .py file or a module path.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", "-p", help="A parameter as STEP.NAME=VALUE or NAME=VALUE; repeatable."
+        ),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Run every step, ignoring cached outputs.")
+    ] = False,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="Where steps run: threads (default) or processes."),
+    ] = None,
+    max_workers: Annotated[
+        int | None, typer.Option(min=1, help="How many steps may run at once.")
+    ] = None,
+) -> None:
+    """Run a pipeline: every step whose inputs changed, the rest from the cache."""
+    runner = _runner()
+    result = runner.run(
+        pipeline,
+        params=_parse_params(param or []),
+        no_cache=no_cache,
+        executor=executor,
+        max_workers=max_workers,
+    )
+    _finish(runner, result)
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run id (or a prefix).")],
+    executor: Annotated[str | None, typer.Option(help="threads or processes.")] = None,
+    max_workers: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Re-run only what failed in RUN and what depends on it, reusing the rest."""
+    runner = _runner()
+    result = runner.resume(run_id, executor=executor, max_workers=max_workers)
+    _finish(runner, result)
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option(min=1, help="How many runs, newest first.")] = 20,
+    pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
+) -> None:
+    """List recent runs."""
+    runner = _runner()
+    records = runner.metadata.list_runs(limit=limit, pipeline=pipeline)
+    table = Table("run", "pipeline", "status", "started", "duration", "resumes")
+    for record in records:
+        record = runner.settle(record.id) if record.status == "running" else record
+        table.add_row(
+            record.id,
+            record.pipeline,
+            _status(record.status),
+            _when(record.created_at),
+            _seconds(record.duration),
+            record.parent_run_id or "",
+        )
+    out.print(table if records else "No runs yet. Start one with 'loopline run PIPELINE'.")
+
+
+@app.command()
+def show(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run id (or a prefix).")],
+) -> None:
+    """Show a run: its steps, timings, cache hits, attempts, artifacts and metrics."""
+    runner = _runner()
+    record = runner.settle(runner.metadata.get_run(run_id).id)
+    _print_run(runner.metadata, record)
+    steps = runner.metadata.get_steps(record.id)
+    out.print(_steps_table(runner.metadata, steps))
+    _print_metrics(runner.metadata, record.id)
+    if record.error:
+        err.print(Text(record.error, "red"))
+
+
+@app.command()
+def lineage(
+    artifact: Annotated[
+        str, typer.Argument(metavar="ID", help="An artifact id (or prefix) or content hash.")
+    ],
+) -> None:
+    """Show where an artifact came from: the step that made it, its inputs, and theirs."""
+    metadata = _runner().metadata
+    record = metadata.get_artifact(artifact)
+    tree = Tree(_artifact_label(record.id, metadata))
+    _grow(tree, record.producer_step_id, metadata, depth=0)
+    out.print(tree)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _runner() -> Runner:
+    settings = Settings.load()
+    reporter: Reporter = (
+        LiveReporter(console=err) if err.is_terminal and not _state["json"] else LogReporter()
+    )
+    return Runner(settings, reporter=reporter)
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(
+                f"expected STEP.NAME=VALUE or NAME=VALUE, got {item!r}", param_hint="'-p'"
+            )
+        params[key.strip()] = value
+    return params
+
+
+def _finish(runner: Runner, result: RunResult) -> None:
+    counts: dict[str, int] = {}
+    for step in result.steps.values():
+        counts[step.status] = counts.get(step.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+    _print_metrics(runner.metadata, result.run_id, title="Results")
+    if result.ok:
+        out.print(f"Run {result.run_id} succeeded: {summary}.")
+        out.print(f"Details: loopline show {result.run_id}")
+        return
+    out.print(f"Run {result.run_id} failed: {summary}.")
+    err.print(Text(result.error or "The run failed.", "red"))
+    raise typer.Exit(1)
+
+
+def _print_run(metadata: MetadataStore, record: RunRecord) -> None:
+    out.print(Text.assemble(("Run ", "bold"), (record.id, "bold"), f"  {record.pipeline}"))
+    out.print(f"  status   {record.status}")
+    out.print(f"  source   {record.source}")
+    out.print(f"  started  {_when(record.created_at)}   duration {_seconds(record.duration)}")
+    if record.parent_run_id:
+        out.print(f"  resumes  {record.parent_run_id}")
+    params = metadata.run_params(record.id)
+    shown = [f"{s}.{k}={v}" for s, values in params.items() for k, v in values.items()]
+    if shown:
+        out.print(f"  params   {', '.join(shown)}")
+
+
+def _steps_table(metadata: MetadataStore, steps: list[StepRecord]) -> Table:
+    table = Table("step", "status", "cache", "time", "attempts", "output", "kind", "size")
+    for step in steps:
+        artifact = (
+            metadata.get_artifact(step.output_artifact_id) if step.output_artifact_id else None
+        )
+        attempts = metadata.get_attempts(step.id)
+        table.add_row(
+            step.name,
+            _status(step.status),
+            "hit" if step.cache_hit else "",
+            _seconds(step.duration),
+            str(len(attempts)) if attempts else "",
+            f"{artifact.id} ({artifact.content_hash[:12]})" if artifact else "",
+            artifact.kind if artifact else "",
+            _size(artifact.size) if artifact else "",
+        )
+        if step.error and step.status in ("failed", "skipped"):
+            table.add_row("", Text(step.error.splitlines()[0][:160], "red"))
+    return table
+
+
+def _print_metrics(metadata: MetadataStore, run_id: str, *, title: str = "Metrics") -> None:
+    """Metrics by step; a ``baseline_X`` metric is shown beside ``PREFIX_X``."""
+    metrics = [m for m in metadata.get_metrics(run_id) if m.value is not None]
+    if not metrics:
+        return
+    latest: dict[tuple[str | None, str], float] = {}
+    for m in metrics:
+        assert m.value is not None
+        latest[(m.step_name, m.key)] = m.value
+    table = Table("step", "metric", "value", "baseline", title=title, title_justify="left")
+    shown_baselines = set()
+    for (step, key), value in latest.items():
+        if key.startswith("baseline_"):
+            continue
+        suffix = key.split("_", 1)[1] if "_" in key else key
+        baseline = latest.get((step, f"baseline_{suffix}"))
+        if baseline is not None:
+            shown_baselines.add((step, f"baseline_{suffix}"))
+        table.add_row(
+            step or "", key, _number(value), "" if baseline is None else _number(baseline)
+        )
+    for (step, key), value in latest.items():
+        if key.startswith("baseline_") and (step, key) not in shown_baselines:
+            table.add_row(step or "", key, _number(value), "")
+    out.print(table)
+
+
+def _grow(tree: Tree, step_id: str | None, metadata: MetadataStore, *, depth: int) -> None:
+    if step_id is None:
+        tree.add(Text("(not produced by a step)", "dim"))
+        return
+    step = metadata.get_step(step_id)
+    branch = tree.add(f"← step {step.name} ({step.id}, run {step.run_id}, {step.status})")
+    if depth > 50:
+        branch.add("…")
+        return
+    for name, artifact_id in sorted(metadata.step_inputs(step.id).items()):
+        child = branch.add(f"{name}: {_artifact_label(artifact_id, metadata)}")
+        _grow(child, metadata.get_artifact(artifact_id).producer_step_id, metadata, depth=depth + 1)
+
+
+def _artifact_label(artifact_id: str, metadata: MetadataStore) -> str:
+    a = metadata.get_artifact(artifact_id)
+    return f"artifact {a.id} {a.kind} {_size(a.size)} sha256:{a.content_hash[:12]}"
+
+
+def _status(status: str) -> Text:
+    style = {
+        "succeeded": "green",
+        "cached": "cyan",
+        "failed": "red",
+        "skipped": "yellow",
+        "interrupted": "red",
+        "running": "blue",
+    }.get(status, "")
+    return Text(status, style)
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}s"
+
+
+def _number(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1e6 and not float(value).is_integer() else f"{value:g}"
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the command, turn errors into one line and an exit code."""
+    try:
+        result: Any = app(args=argv, prog_name="loopline", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("Interrupted.")
+        sys.exit(130)
+    except (LooplineError, RunNotFoundError) as exc:
+        if _state["verbose"]:
+            traceback.print_exc()
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)))
+        sys.exit(2)
+    sys.exit(result if isinstance(result, int) else 0)
