@@ -19,6 +19,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,6 +61,7 @@ def cache_key(step: Step, params: Mapping[str, Any], inputs: Mapping[str, str]) 
     try:
         payload = orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
     except TypeError:
-        # A parameter JSON cannot hold: its repr stands in (stable for plain values).
-        payload = repr(sorted(document.items())).encode()
+        # Values orjson refuses (integers beyond 64 bits, custom objects): the standard
+        # library's encoder, with repr standing in for what JSON cannot hold.
+        payload = json.dumps(document, sort_keys=True, default=repr).encode()
     return hashlib.sha256(payload).hexdigest()

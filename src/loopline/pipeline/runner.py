@@ -31,6 +31,7 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -41,6 +42,7 @@ from typing import Any
 
 from loopline.config import Settings
 from loopline.errors import (
+    ArtifactCorruptedError,
     ArtifactError,
     LooplineError,
     PipelineDefinitionError,
@@ -61,6 +63,8 @@ from loopline.store.metadata import (
 )
 
 __all__ = ["RunResult", "Runner"]
+
+log = logging.getLogger("loopline.run")
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,16 @@ class Runner:
         self.metadata = metadata or MetadataStore(settings.metadata_url)
         self.artifacts = artifacts or ArtifactStore(settings.artifact_url)
         self.reporter: Reporter = reporter or NullReporter()
+
+    def close(self) -> None:
+        """Release the metadata store's connections."""
+        self.metadata.close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- public API ----------------------------------------------------------------------
 
@@ -358,6 +372,10 @@ class Runner:
         """A cached output is used only if its bytes are still there and intact."""
         try:
             self.artifacts.verify(artifact.content_hash)
+        except ArtifactCorruptedError as exc:
+            log.warning("%s Running the step again to rebuild it.", exc)
+            self.artifacts.discard(artifact.content_hash)
+            return False
         except ArtifactError:
             return False
         return True
