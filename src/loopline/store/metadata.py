@@ -16,6 +16,7 @@ Examples
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import socket
 import threading
@@ -163,7 +164,11 @@ class MetadataStore:
         )
         self._lock = threading.Lock()
         if migrate:
-            self._migrate()
+            try:
+                self._migrate()
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def dialect(self) -> str:
@@ -210,16 +215,30 @@ class MetadataStore:
         if self._revision() == t.HEAD_REVISION:
             return
         with self._migration_lock():
-            if self._revision() == t.HEAD_REVISION:
+            revision = self._revision()
+            if revision == t.HEAD_REVISION:
                 return
             from alembic.command import upgrade
             from alembic.config import Config
+            from alembic.util.exc import CommandError
 
             config = Config()
             config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-            with self._errors(), self._write_engine.begin() as conn:
-                config.attributes["connection"] = conn
-                upgrade(config, "head")
+            try:
+                with self._errors(), self._write_engine.begin() as conn:
+                    config.attributes["connection"] = conn
+                    upgrade(config, "head")
+            except CommandError as exc:
+                # The only revisions alembic cannot place are ones written by a newer loopline.
+                raise MetadataStoreError(
+                    f"The metadata database at {_safe_url(self.url)} has schema revision "
+                    f"{revision!r}, which this version of loopline does not know (its newest is "
+                    f"{t.HEAD_REVISION!r}). It was probably written by a newer loopline: upgrade "
+                    f"loopline, or point 'metadata_url' in loopline.toml (or "
+                    f"LOOPLINE_METADATA_URL) to another database.",
+                    url=_safe_url(self.url),
+                    revision=revision,
+                ) from exc
 
     def _revision(self) -> str | None:
         with self._read() as conn:
@@ -295,6 +314,21 @@ class MetadataStore:
                 t.runs.update()
                 .where(t.runs.c.id == run_id)
                 .values(status=status, ended_at=time.time(), error=error)
+            )
+
+    def interrupt_run(self, run_id: str, *, error: str) -> None:
+        """Mark a run whose process died as interrupted, and its unfinished steps failed."""
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                t.steps.update()
+                .where((t.steps.c.run_id == run_id) & (t.steps.c.status == "running"))
+                .values(status="failed", ended_at=now, error="Interrupted: " + error)
+            )
+            conn.execute(
+                t.runs.update()
+                .where((t.runs.c.id == run_id) & (t.runs.c.status == "running"))
+                .values(status="interrupted", ended_at=now, error=error)
             )
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -596,7 +630,7 @@ class MetadataStore:
                         "run_id": run_id,
                         "step_id": step_id,
                         "key": k,
-                        "value": v,
+                        "value": _metric_value(k, v),
                         "step": s,
                         "timestamp": timestamp,
                     }
@@ -654,6 +688,21 @@ def _edge(
         "dst_kind": dst_kind,
         "name": name,
     }
+
+
+def _metric_value(key: str, value: float | None) -> float | None:
+    """Coerce a metric to a float; NaN becomes NULL (None) on every backend.
+
+    SQLite cannot store NaN (it reads back as NULL) while PostgreSQL can, and PostgreSQL
+    rejects booleans that SQLite accepts; coercing here makes both backends agree.
+    """
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Metric {key!r} must be a number. Got {value!r}.") from exc
+    return None if math.isnan(number) else number
 
 
 def _check_status(status: str, allowed: tuple[str, ...]) -> None:
@@ -727,11 +776,28 @@ def _make_engine(url: str, *, write: bool) -> Engine:
             f"postgresql+psycopg://user@host:5432/dbname.",
             url=url,
         ) from exc
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise MetadataStoreError(
+            f"{_safe_url(url)!r} names a {backend!r} database; loopline keeps its metadata in "
+            f"SQLite or PostgreSQL. Use sqlite:///path/to/metadata.db or "
+            f"postgresql+psycopg://user@host:5432/dbname.",
+            url=_safe_url(url),
+        )
     try:
-        if parsed.get_backend_name() == "sqlite":
+        if backend == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                folder = Path(database).parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise MetadataStoreError(
+                        f"Cannot create the folder {str(folder)!r} for the SQLite metadata "
+                        f"database: {exc.strerror or exc}. Point 'metadata_url' in loopline.toml "
+                        f"(or LOOPLINE_METADATA_URL) to a writable location.",
+                        url=_safe_url(url),
+                    ) from exc
                 engine = sa.create_engine(parsed, connect_args={"timeout": 60})
             else:
                 # One shared connection, so an in-memory database is one database.
@@ -742,16 +808,11 @@ def _make_engine(url: str, *, write: bool) -> Engine:
                 )
             _tune_sqlite(engine, write=write)
             return engine
-        if parsed.get_backend_name() == "postgresql":
-            return sa.create_engine(
-                parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10}
-            )
-        return sa.create_engine(parsed)
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
-        extra = "postgres" if parsed.get_backend_name() == "postgresql" else parsed.drivername
         raise MetadataStoreError(
-            f"No database driver for {parsed.drivername!r}. Install it with "
-            f"pip install 'loopline[{extra}]'.",
+            f"No database driver for {parsed.drivername!r}. Use postgresql+psycopg://... and "
+            f"install the driver with pip install 'loopline[postgres]'.",
             url=_safe_url(url),
         ) from exc
 
