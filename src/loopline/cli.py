@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -102,15 +103,15 @@ def run(
     ] = None,
 ) -> None:
     """Run a pipeline: every step whose inputs changed, the rest from the cache."""
-    runner = _runner()
-    result = runner.run(
-        pipeline,
-        params=_parse_params(param or []),
-        no_cache=no_cache,
-        executor=executor,
-        max_workers=max_workers,
-    )
-    _finish(runner, result)
+    with _runner() as runner:
+        result = runner.run(
+            pipeline,
+            params=_parse_params(param or []),
+            no_cache=no_cache,
+            executor=executor,
+            max_workers=max_workers,
+        )
+        _finish(runner, result)
 
 
 @app.command()
@@ -120,9 +121,9 @@ def resume(
     max_workers: Annotated[int | None, typer.Option(min=1)] = None,
 ) -> None:
     """Re-run only what failed in RUN and what depends on it, reusing the rest."""
-    runner = _runner()
-    result = runner.resume(run_id, executor=executor, max_workers=max_workers)
-    _finish(runner, result)
+    with _runner() as runner:
+        result = runner.resume(run_id, executor=executor, max_workers=max_workers)
+        _finish(runner, result)
 
 
 @app.command()
@@ -131,19 +132,19 @@ def runs(
     pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
 ) -> None:
     """List recent runs."""
-    runner = _runner()
-    records = runner.metadata.list_runs(limit=limit, pipeline=pipeline)
     table = Table("run", "pipeline", "status", "started", "duration", "resumes")
-    for record in records:
-        record = runner.settle(record.id) if record.status == "running" else record
-        table.add_row(
-            record.id,
-            record.pipeline,
-            _status(record.status),
-            _when(record.created_at),
-            _seconds(record.duration),
-            record.parent_run_id or "",
-        )
+    with _runner() as runner:
+        records = runner.metadata.list_runs(limit=limit, pipeline=pipeline)
+        for record in records:
+            record = runner.settle(record.id) if record.status == "running" else record
+            table.add_row(
+                record.id,
+                record.pipeline,
+                _status(record.status),
+                _when(record.created_at),
+                _seconds(record.duration),
+                record.parent_run_id or "",
+            )
     out.print(table if records else "No runs yet. Start one with 'loopline run PIPELINE'.")
 
 
@@ -152,14 +153,14 @@ def show(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run id (or a prefix).")],
 ) -> None:
     """Show a run: its steps, timings, cache hits, attempts, artifacts and metrics."""
-    runner = _runner()
-    record = runner.settle(runner.metadata.get_run(run_id).id)
-    _print_run(runner.metadata, record)
-    steps = runner.metadata.get_steps(record.id)
-    out.print(_steps_table(runner.metadata, steps))
-    _print_metrics(runner.metadata, record.id)
+    with _runner() as runner:
+        record = runner.settle(runner.metadata.get_run(run_id).id)
+        _print_run(runner.metadata, record)
+        steps = runner.metadata.get_steps(record.id)
+        out.print(_steps_table(runner.metadata, steps))
+        _print_metrics(runner.metadata, record.id)
     if record.error:
-        err.print(Text(record.error, "red"))
+        err.print(Text(record.error, "red"), soft_wrap=True)
 
 
 @app.command()
@@ -169,22 +170,29 @@ def lineage(
     ],
 ) -> None:
     """Show where an artifact came from: the step that made it, its inputs, and theirs."""
-    metadata = _runner().metadata
-    record = metadata.get_artifact(artifact)
-    tree = Tree(_artifact_label(record.id, metadata))
-    _grow(tree, record.producer_step_id, metadata, depth=0)
+    with _runner() as runner:
+        metadata = runner.metadata
+        record = metadata.get_artifact(artifact)
+        tree = Tree(_artifact_label(record.id, metadata))
+        _grow(tree, record.producer_step_id, metadata, depth=0)
     out.print(tree)
 
 
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _runner() -> Runner:
+@contextmanager
+def _runner() -> Iterator[Runner]:
+    """A runner on the configured stores; its database connections close with the command."""
     settings = Settings.load()
     reporter: Reporter = (
         LiveReporter(console=err) if err.is_terminal and not _state["json"] else LogReporter()
     )
-    return Runner(settings, reporter=reporter)
+    runner = Runner(settings, reporter=reporter)
+    try:
+        yield runner
+    finally:
+        runner.metadata.close()
 
 
 def _parse_params(items: list[str]) -> dict[str, str]:
@@ -210,7 +218,7 @@ def _finish(runner: Runner, result: RunResult) -> None:
         out.print(f"Details: loopline show {result.run_id}")
         return
     out.print(f"Run {result.run_id} failed: {summary}.")
-    err.print(Text(result.error or "The run failed.", "red"))
+    err.print(Text(result.error or "The run failed.", "red"), soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -332,17 +340,23 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, turn errors into one line and an exit code."""
     try:
         result: Any = app(args=argv, prog_name="loopline", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:
+        # Usage errors: Typer vendors Click since 0.26, so they no longer derive from
+        # click's classes (and click may not be installed); its ClickException can show().
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:  # pragma: no cover
+            err.print(f"error: {exc.format_message()}", soft_wrap=True)
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         err.print("Interrupted.")
         sys.exit(130)
     except (LooplineError, RunNotFoundError) as exc:
         if _state["verbose"]:
             traceback.print_exc()
-        err.print(Text.assemble(("error: ", "bold red"), str(exc)))
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,554 @@
+"""The ``loopline`` command, as its users meet it.
+
+Most tests call ``loopline.cli.main`` in this process, exactly as the console script
+does, so that its error mapping (one line and exit code 2 for a user error, exit code 1
+for a failed step) is what is tested. A few start the real command in a subprocess.
+Every test works in its own folder, with ``LOOPLINE_HOME`` pointing inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+import loopline
+from loopline import cli
+from loopline.config import CONFIG_FILE, Settings, render_default_config
+from loopline.store.metadata import MetadataStore, StepRecord
+
+SETTINGS_ENV = ["LOOPLINE_CONFIG", *(f"LOOPLINE_{f.name.upper()}" for f in fields(Settings))]
+"""Environment variables that would point a test at someone else's state."""
+
+UNREACHABLE_URL = "postgresql+psycopg://root@127.0.0.1:1/test"
+
+PIPELINE = """\
+import polars as pl
+
+import loopline
+
+
+@loopline.step
+def raw(n: int = 5) -> pl.DataFrame:
+    return pl.DataFrame({"x": list(range(n))})
+
+
+@loopline.step
+def features(raw: pl.DataFrame) -> pl.DataFrame:
+    return raw.with_columns((pl.col("x") * 2).alias("x2"))
+
+
+@loopline.step
+def model(features: pl.DataFrame, scale: float = 1.0) -> dict[str, float]:
+    total = float(features["x2"].sum()) * scale
+    loopline.log_metrics({"test_total": total, "baseline_total": 1.5})
+    return {"total": total}
+"""
+"""Three steps; with the defaults ``model`` logs test_total=20 beside baseline_total=1.5."""
+
+FAILING = """\
+import loopline
+
+
+@loopline.step
+def numbers() -> list[int]:
+    return [1, 2, 3]
+
+
+@loopline.step
+def divide(numbers: list[int]) -> float:
+    raise ZeroDivisionError("no denominator")
+"""
+
+BAD_PIPELINES = {
+    "raises_on_import": (
+        """\
+        import loopline
+
+        SETTING = 1
+        raise RuntimeError("no such setting")
+        """,
+        ["raises_on_import.py", "line 4", "RuntimeError: no such setting"],
+    ),
+    "cycle": (
+        """\
+        import loopline
+
+
+        @loopline.step
+        def a(b: int) -> int:
+            return b
+
+
+        @loopline.step
+        def b(a: int) -> int:
+            return a
+        """,
+        ["cycle", "a -> b -> a"],
+    ),
+    "missing_upstream": (
+        """\
+        import loopline
+
+
+        @loopline.step
+        def features() -> list[int]:
+            return [1]
+
+
+        @loopline.step
+        def model(featurs: list[int]) -> int:
+            return len(featurs)
+        """,
+        ["'featurs'", "Did you mean 'features'?", "-p model.featurs=VALUE"],
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cli(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Undo what a command changes in this process: its flags and its log handler."""
+    monkeypatch.setattr(cli, "_state", dict(cli._state))
+    logger = logging.getLogger("loopline")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh folder as the working directory, whose ``home/`` holds loopline's state."""
+    for name in SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOOPLINE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    # As in a wide terminal: tables then show whole ids (a narrow one cuts cells to fit).
+    monkeypatch.setattr(cli, "out", Console(highlight=False, width=200))
+    return tmp_path
+
+
+@pytest.fixture
+def invoke(workdir: Path, capsys: pytest.CaptureFixture[str]) -> Invoke:
+    """Call ``loopline ARGS...`` in this process; return its exit code and output."""
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(list(args))
+        captured = capsys.readouterr()
+        code = exit_info.value.code
+        assert isinstance(code, int), f"exit code {code!r}"
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def write(folder: Path, name: str, source: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(source), encoding="utf-8")
+    return path
+
+
+def run_id_of(result: Result) -> str:
+    found = re.search(r"^Run ([0-9a-f]{16}) (?:succeeded|failed)", result.out, re.MULTILINE)
+    assert found, result.out + result.err
+    return found.group(1)
+
+
+def cells(line: str) -> list[str]:
+    """The stripped cells of one printed table row."""
+    return [cell.strip() for cell in line.split("│")[1:-1]]
+
+
+def one_line(err: str) -> str:
+    """The single line a user error prints: no traceback, no wrapping."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def steps_of(home: Path, run_id: str) -> dict[str, StepRecord]:
+    with MetadataStore(f"sqlite:///{home / 'metadata.db'}") as store:
+        return {s.name: s for s in store.get_steps(run_id)}
+
+
+def row(text: str, *cells: str) -> str:
+    """The one line of a printed table that holds every one of ``cells``."""
+    found = [line for line in text.splitlines() if all(c in line for c in cells)]
+    assert len(found) == 1, f"{cells} in\n{text}"
+    return found[0]
+
+
+# -- help, version, init ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["", "init", "run", "resume", "runs", "show", "lineage"])
+def test_help_for_every_command(invoke: Invoke, command: str) -> None:
+    result = invoke(*command.split(), "--help")
+
+    assert result.code == 0, result.err
+    assert f"Usage: loopline {command}".rstrip() in result.out
+
+
+def test_version(invoke: Invoke) -> None:
+    result = invoke("--version")
+
+    assert result.code == 0
+    assert result.out.strip() == f"loopline {loopline.__version__}"
+
+
+def test_init_writes_config_once_unless_forced(invoke: Invoke, workdir: Path) -> None:
+    config = workdir / CONFIG_FILE
+
+    first = invoke("init")
+    assert first.code == 0, first.err
+    assert config.read_text(encoding="utf-8") == render_default_config()
+
+    config.write_text("# edited by hand\n", encoding="utf-8")
+    second = invoke("init")
+    assert second.code == 2
+    message = one_line(second.err)
+    assert "exists already" in message
+    assert "--force" in message
+    assert config.read_text(encoding="utf-8") == "# edited by hand\n"
+
+    forced = invoke("init", "--force")
+    assert forced.code == 0, forced.err
+    assert config.read_text(encoding="utf-8") == render_default_config()
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+def test_run_prints_results_then_answers_from_the_cache(invoke: Invoke, workdir: Path) -> None:
+    write(workdir, "pipe.py", PIPELINE)
+
+    first = invoke("run", "pipe.py")
+
+    assert first.code == 0, first.err
+    assert "Results" in first.out
+    assert "3 succeeded" in first.out
+    # The baseline is shown beside the metric it belongs to, not on a row of its own.
+    assert cells(row(first.out, "test_total")) == ["model", "test_total", "20", "1.5000"]
+    assert "baseline_total" not in first.out
+
+    second = invoke("run", "pipe.py")
+
+    assert second.code == 0, second.err
+    assert f"Run {run_id_of(second)} succeeded: 3 cached." in second.out
+    statuses = {s.status for s in steps_of(workdir / "home", run_id_of(second)).values()}
+    assert statuses == {"cached"}
+
+
+def test_param_changes_the_result_and_is_recorded(invoke: Invoke, workdir: Path) -> None:
+    write(workdir, "pipe.py", PIPELINE)
+    assert invoke("run", "pipe.py").code == 0
+
+    changed = invoke("run", "pipe.py", "-p", "model.scale=2")
+
+    assert changed.code == 0, changed.err
+    assert "2 cached, 1 succeeded" in changed.out
+    assert cells(row(changed.out, "test_total"))[2] == "40"
+    shown = invoke("show", run_id_of(changed))
+    assert "model.scale=2.0" in row(shown.out, "params")
+
+
+@pytest.mark.parametrize("item", ["scale", "=2", " =2"])
+def test_malformed_param_exits_2(invoke: Invoke, workdir: Path, item: str) -> None:
+    write(workdir, "pipe.py", PIPELINE)
+
+    result = invoke("run", "pipe.py", "-p", item)
+
+    assert result.code == 2
+    assert "Traceback" not in result.err
+    assert "expected STEP.NAME=VALUE or NAME=VALUE" in result.err
+
+
+def test_unknown_param_exits_2_with_a_suggestion(invoke: Invoke, workdir: Path) -> None:
+    write(workdir, "pipe.py", PIPELINE)
+
+    result = invoke("run", "pipe.py", "-p", "model.scal=2")
+
+    assert result.code == 2
+    message = one_line(result.err)
+    assert "'model.scal'" in message
+    assert "Did you mean 'model.scale'?" in message
+
+
+def test_missing_pipeline_file_exits_2(invoke: Invoke) -> None:
+    result = invoke("run", "nowhere.py")
+
+    assert result.code == 2
+    message = one_line(result.err)
+    assert message.startswith("error: ")
+    assert "nowhere.py" in message
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PIPELINES))
+def test_bad_pipeline_exits_2_with_one_line(invoke: Invoke, workdir: Path, name: str) -> None:
+    source, fragments = BAD_PIPELINES[name]
+    write(workdir, f"{name}.py", source)
+
+    result = invoke("run", f"{name}.py")
+
+    assert result.code == 2
+    message = one_line(result.err)
+    assert message.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_verbose_adds_the_traceback(invoke: Invoke, workdir: Path) -> None:
+    source, _ = BAD_PIPELINES["raises_on_import"]
+    write(workdir, "raises_on_import.py", source)
+
+    result = invoke("--verbose", "run", "raises_on_import.py")
+
+    assert result.code == 2
+    assert "Traceback (most recent call last)" in result.err
+    assert 'raise RuntimeError("no such setting")' in result.err
+    assert result.err.rstrip().splitlines()[-1].startswith("error: Pipeline ")
+
+
+def test_failed_step_exits_1_and_says_how_to_resume(invoke: Invoke, workdir: Path) -> None:
+    write(workdir, "failing.py", FAILING)
+
+    result = invoke("run", "failing.py")
+
+    assert result.code == 1
+    run_id = run_id_of(result)
+    assert f"Run {run_id} failed: 1 succeeded, 1 failed." in result.out
+    message = row(result.err, "Step 'divide' failed")
+    assert "ZeroDivisionError: no denominator" in message
+    assert f"loopline resume {run_id}" in message
+    steps = steps_of(workdir / "home", run_id)
+    assert {name: s.status for name, s in steps.items()} == {
+        "numbers": "succeeded",
+        "divide": "failed",
+    }
+
+
+# -- runs, show, lineage ----------------------------------------------------------------------
+
+
+def test_runs_lists_runs_newest_first(invoke: Invoke, workdir: Path) -> None:
+    empty = invoke("runs")
+    assert empty.code == 0, empty.err
+    assert "No runs yet" in empty.out
+
+    write(workdir, "pipe.py", PIPELINE)
+    write(workdir, "failing.py", FAILING)
+    first = run_id_of(invoke("run", "pipe.py"))
+    second = run_id_of(invoke("run", "failing.py"))
+
+    listed = invoke("runs")
+
+    assert listed.code == 0, listed.err
+    assert "succeeded" in row(listed.out, first, "pipe")
+    assert "failed" in row(listed.out, second, "failing")
+    assert listed.out.index(second) < listed.out.index(first)
+    only = invoke("runs", "--pipeline", "pipe")
+    assert first in only.out
+    assert second not in only.out
+
+
+def test_show_lists_steps_cache_hits_artifacts_and_metrics(invoke: Invoke, workdir: Path) -> None:
+    write(workdir, "pipe.py", PIPELINE)
+    invoke("run", "pipe.py")
+    run_id = run_id_of(invoke("run", "pipe.py", "-p", "model.scale=3"))
+    steps = steps_of(workdir / "home", run_id)
+
+    result = invoke("show", run_id[:6])
+
+    assert result.code == 0, result.err
+    assert f"Run {run_id}" in result.out
+    assert "status   succeeded" in result.out
+    for name, cache in [("raw", "hit"), ("features", "hit"), ("model", "")]:
+        artifact_id = steps[name].output_artifact_id
+        assert artifact_id is not None
+        line = row(result.out, f" {name} ", artifact_id)
+        assert cells(line)[:3] == [name, "cached" if cache else "succeeded", cache]
+    assert cells(row(result.out, "model", "test_total"))[2] == "60"
+
+
+def test_show_unknown_run_exits_2(invoke: Invoke) -> None:
+    invoke("runs")  # creates the (empty) database
+
+    result = invoke("show", "feedface")
+
+    assert result.code == 2
+    message = one_line(result.err)
+    assert "'feedface'" in message
+    assert "loopline runs" in message
+
+
+def test_lineage_goes_from_the_final_artifact_back_to_the_first_step(
+    invoke: Invoke, workdir: Path
+) -> None:
+    write(workdir, "pipe.py", PIPELINE)
+    run_id = run_id_of(invoke("run", "pipe.py"))
+    steps = steps_of(workdir / "home", run_id)
+    final, middle, first = (steps[n].output_artifact_id for n in ("model", "features", "raw"))
+    assert final is not None
+    assert middle is not None
+    assert first is not None
+
+    result = invoke("lineage", final[:8])
+
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0].startswith(f"artifact {final} json")
+    expected = [
+        f"step model ({steps['model'].id}, run {run_id}, succeeded)",
+        f"features: artifact {middle} polars",
+        f"step features ({steps['features'].id}, run {run_id}, succeeded)",
+        f"raw: artifact {first} polars",
+        f"step raw ({steps['raw'].id}, run {run_id}, succeeded)",
+    ]
+    positions = [result.out.index(text) for text in expected]
+    assert positions == sorted(positions)
+
+
+def test_lineage_of_unknown_artifact_exits_2(invoke: Invoke) -> None:
+    result = invoke("lineage", "feedface")
+
+    assert result.code == 2
+    assert "No artifact has the id 'feedface'" in one_line(result.err)
+
+
+# -- backends and logs ------------------------------------------------------------------------
+
+
+def test_unreachable_metadata_database_exits_2(
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOOPLINE_METADATA_URL", UNREACHABLE_URL)
+
+    result = invoke("runs")
+
+    assert result.code == 2
+    message = one_line(result.err)
+    assert "127.0.0.1:1" in message
+    assert "LOOPLINE_METADATA_URL" in message
+
+
+@pytest.mark.services("postgres")
+def test_run_against_postgresql(
+    invoke: Invoke, workdir: Path, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    monkeypatch.setenv("LOOPLINE_METADATA_URL", postgres_url)
+    write(workdir, "pipe.py", PIPELINE)
+
+    first = invoke("run", "pipe.py")
+    second = invoke("run", "pipe.py")
+
+    assert first.code == 0, first.err
+    assert second.code == 0, second.err
+    assert "3 cached" in second.out
+    assert not (workdir / "home" / "metadata.db").exists()
+    listed = invoke("runs")
+    assert run_id_of(first) in listed.out
+    assert run_id_of(second) in listed.out
+    shown = invoke("show", run_id_of(second))
+    assert cells(row(shown.out, "model", "test_total"))[2] == "20"
+
+
+def test_log_json_writes_one_object_per_line(invoke: Invoke, workdir: Path) -> None:
+    write(workdir, "pipe.py", PIPELINE)
+
+    result = invoke("--log-json", "run", "pipe.py")
+
+    assert result.code == 0, result.err
+    run_id = run_id_of(result)
+    records: list[dict[str, Any]] = [json.loads(line) for line in result.err.splitlines()]
+    assert records
+    assert all(isinstance(r, dict) and r["run_id"] == run_id for r in records)
+    finished = [(r["step"], r["status"]) for r in records if r["event"] == "step_finished"]
+    assert finished == [("raw", "succeeded"), ("features", "succeeded"), ("model", "succeeded")]
+    assert records[-1]["event"] == "run_finished"
+    assert records[-1]["status"] == "succeeded"
+
+
+# -- the real command, in a subprocess --------------------------------------------------------
+
+
+def command_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_ENV}
+    env["LOOPLINE_HOME"] = str(home)
+    env["COLUMNS"] = "200"
+    return env
+
+
+def loopline_process(
+    folder: Path, *args: str, command: tuple[str, ...] = (sys.executable, "-m", "loopline")
+) -> subprocess.CompletedProcess[str]:
+    """Run the loopline command in ``folder`` with its own home, as a user would."""
+    return subprocess.run(
+        [*command, *args],
+        cwd=folder,
+        env=command_env(folder / "home"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_python_m_loopline_help(tmp_path: Path) -> None:
+    result = loopline_process(tmp_path, "--help")
+
+    assert result.returncode == 0, result.stderr
+    assert "Usage: loopline" in result.stdout
+    for command in ("init", "run", "resume", "runs", "show", "lineage"):
+        assert command in result.stdout
+
+
+def test_console_script_runs_a_pipeline(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("loopline")
+    if not script.exists():
+        pytest.skip(f"no console script next to {sys.executable} (is loopline installed?)")
+    write(tmp_path, "pipe.py", PIPELINE)
+
+    result = loopline_process(tmp_path, "run", "pipe.py", "-p", "n=3", command=(str(script),))
+
+    assert result.returncode == 0, result.stderr
+    assert cells(row(result.stdout, "model", "test_total"))[2] == "6"
+    assert (tmp_path / "home" / "metadata.db").exists()
+
+
+def test_subprocess_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    source, _ = BAD_PIPELINES["raises_on_import"]
+    write(tmp_path, "raises_on_import.py", source)
+
+    bad_import = loopline_process(tmp_path, "run", "raises_on_import.py")
+    usage = loopline_process(tmp_path, "run", "raises_on_import.py", "-p", "oops")
+
+    assert bad_import.returncode == 2
+    assert "raises_on_import.py failed to import (line 4)" in one_line(bad_import.stderr)
+    assert usage.returncode == 2
+    assert "Traceback" not in usage.stderr
+    assert "Error: Invalid value for '-p'" in usage.stderr
