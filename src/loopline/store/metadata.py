@@ -146,6 +146,10 @@ class StepOutcome:
     """When set (and the step succeeded), the output is published under this cache key."""
 
 
+# Built once: the parameters name the columns to set, so SQLAlchemy compiles it once.
+_FINISH_STEP = t.steps.update().where(t.steps.c.id == sa.bindparam("step"))
+
+
 class MetadataStore:
     """Runs, steps, artifacts and lineage in a SQL database (see the module docstring)."""
 
@@ -286,17 +290,18 @@ class MetadataStore:
         run_id = new_id()
         with self._write() as conn:
             conn.execute(
-                t.runs.insert().values(
-                    id=run_id,
-                    pipeline=pipeline,
-                    source=source,
-                    status="running",
-                    created_at=time.time(),
-                    parent_run_id=parent_run_id,
-                    options=_dumps(dict(options or {})),
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                )
+                t.runs.insert(),
+                {
+                    "id": run_id,
+                    "pipeline": pipeline,
+                    "source": source,
+                    "status": "running",
+                    "created_at": time.time(),
+                    "parent_run_id": parent_run_id,
+                    "options": _dumps(dict(options or {})),
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                },
             )
             rows = [
                 {"run_id": run_id, "step": step, "key": key, "value": _dumps(value)}
@@ -369,15 +374,16 @@ class MetadataStore:
         step_id = new_id()
         with self._write() as conn:
             conn.execute(
-                t.steps.insert().values(
-                    id=step_id,
-                    run_id=run_id,
-                    name=name,
-                    status="running",
-                    cache_key=cache_key,
-                    cache_hit=False,
-                    started_at=time.time(),
-                )
+                t.steps.insert(),
+                {
+                    "id": step_id,
+                    "run_id": run_id,
+                    "name": name,
+                    "status": "running",
+                    "cache_key": cache_key,
+                    "cache_hit": False,
+                    "started_at": time.time(),
+                },
             )
         return step_id
 
@@ -387,14 +393,14 @@ class MetadataStore:
         artifact = outcome.artifact
         with self._write() as conn:
             conn.execute(
-                t.steps.update()
-                .where(t.steps.c.id == step_id)
-                .values(
-                    status=outcome.status,
-                    ended_at=outcome.ended_at,
-                    error=outcome.error,
-                    output_artifact_id=artifact.id if artifact else None,
-                )
+                _FINISH_STEP,
+                {
+                    "step": step_id,
+                    "status": outcome.status,
+                    "ended_at": outcome.ended_at,
+                    "error": outcome.error,
+                    "output_artifact_id": artifact.id if artifact else None,
+                },
             )
             if outcome.attempts:
                 conn.execute(
@@ -418,15 +424,16 @@ class MetadataStore:
             ]
             if artifact is not None:
                 conn.execute(
-                    t.artifacts.insert().values(
-                        id=artifact.id,
-                        content_hash=artifact.content_hash,
-                        uri=artifact.uri,
-                        size=artifact.size,
-                        kind=artifact.kind,
-                        created_at=artifact.created_at,
-                        producer_step_id=step_id,
-                    )
+                    t.artifacts.insert(),
+                    {
+                        "id": artifact.id,
+                        "content_hash": artifact.content_hash,
+                        "uri": artifact.uri,
+                        "size": artifact.size,
+                        "kind": artifact.kind,
+                        "created_at": artifact.created_at,
+                        "producer_step_id": step_id,
+                    },
                 )
                 edges.append(_edge(step_id, artifact.id, "output", "step", "artifact", None))
                 if outcome.cache_key is not None and outcome.status == "succeeded":
@@ -451,18 +458,19 @@ class MetadataStore:
         now = time.time()
         with self._write() as conn:
             conn.execute(
-                t.steps.insert().values(
-                    id=step_id,
-                    run_id=run_id,
-                    name=name,
-                    status=status,
-                    cache_key=cache_key,
-                    cache_hit=True,
-                    started_at=now,
-                    ended_at=now,
-                    output_artifact_id=artifact_id,
-                    source_step_id=source_step_id,
-                )
+                t.steps.insert(),
+                {
+                    "id": step_id,
+                    "run_id": run_id,
+                    "name": name,
+                    "status": status,
+                    "cache_key": cache_key,
+                    "cache_hit": True,
+                    "started_at": now,
+                    "ended_at": now,
+                    "output_artifact_id": artifact_id,
+                    "source_step_id": source_step_id,
+                },
             )
             edges = [
                 _edge(aid, step_id, "input", "artifact", "step", n) for n, aid in inputs.items()
@@ -481,14 +489,15 @@ class MetadataStore:
         step_id = new_id()
         with self._write() as conn:
             conn.execute(
-                t.steps.insert().values(
-                    id=step_id,
-                    run_id=run_id,
-                    name=name,
-                    status="skipped",
-                    cache_hit=False,
-                    error=reason,
-                )
+                t.steps.insert(),
+                {
+                    "id": step_id,
+                    "run_id": run_id,
+                    "name": name,
+                    "status": "skipped",
+                    "cache_hit": False,
+                    "error": reason,
+                },
             )
         return step_id
 
@@ -808,7 +817,9 @@ def _make_engine(url: str, *, write: bool) -> Engine:
                 )
             _tune_sqlite(engine, write=write)
             return engine
-        return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        # No pre-ping: it costs a round trip per transaction; a dropped connection fails
+        # one statement, and the pool replaces it (connections are recycled hourly).
+        return sa.create_engine(parsed, pool_recycle=3600, connect_args={"connect_timeout": 10})
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise MetadataStoreError(
             f"No database driver for {parsed.drivername!r}. Use postgresql+psycopg://... and "
