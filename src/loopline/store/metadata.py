@@ -817,9 +817,9 @@ def _make_engine(url: str, *, write: bool) -> Engine:
                 )
             _tune_sqlite(engine, write=write)
             return engine
-        # No pre-ping: it costs a round trip per transaction; a dropped connection fails
-        # one statement, and the pool replaces it (connections are recycled hourly).
-        return sa.create_engine(parsed, pool_recycle=3600, connect_args={"connect_timeout": 10})
+        # Pre-ping costs a round trip per transaction, but a step can run for hours and a
+        # connection dropped meanwhile must not lose the step's record.
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise MetadataStoreError(
             f"No database driver for {parsed.drivername!r}. Use postgresql+psycopg://... and "
