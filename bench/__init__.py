@@ -1,0 +1,1 @@
+"""Benchmarks: loopline beside named peers; ``python -m bench`` writes docs/benchmarks.md."""
