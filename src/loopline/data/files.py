@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import fsspec
@@ -15,8 +17,12 @@ from loopline.errors import SourceError
 __all__ = ["Files"]
 
 _CHUNK = 1 << 20
-# (protocol, path, size, mtime) -> sha256; re-hash only files whose size or mtime moved.
-_HASH_MEMO: dict[tuple[str, str, int, float], str] = {}
+# Stat data younger than this cannot vouch for the content: a rewrite within the same
+# timestamp tick (coarse kernel clocks, one- or two-second mtimes) leaves it unchanged.
+# Such "racily clean" files, in git's words, are hashed again rather than memoized.
+_RACY_S = 3.0
+# (protocol, path, size, mtime, ctime or ETag, inode) -> sha256: re-hash only what moved.
+_HASH_MEMO: dict[tuple[str, str, int, float, str, str], str] = {}
 _MEMO_LOCK = threading.Lock()
 
 
@@ -24,9 +30,10 @@ class Files:
     """One or more files (paths, globs or fsspec URLs) read by a step.
 
     As a step parameter, ``Files`` makes the step's cache key depend on the files'
-    contents: the fingerprint is the sorted list of (path, size, sha256). A file's
-    modification time only decides whether it must be hashed again, so touching a file
-    without changing it keeps the cache, and changing it always invalidates it.
+    contents: the fingerprint is the sorted list of (path, size, sha256). A file's size,
+    modification and change times (or ETag) only decide whether it must be hashed again
+    in this process, so touching a file without changing it keeps the cache, and
+    changing it always invalidates it.
 
     Examples
     --------
@@ -64,13 +71,13 @@ class Files:
         found: list[str] = []
         for pattern in self.patterns:
             fs, path = fsspec.core.url_to_fs(pattern)
-            matches = fs.glob(path) if _is_glob(path) else ([path] if fs.isfile(path) else [])
+            if _is_glob(path):
+                found_here = fs.glob(path, detail=True)
+                matches = [m for m, info in found_here.items() if info.get("type") == "file"]
+            else:
+                matches = [path] if fs.isfile(path) else []
             if not matches:
-                raise SourceError(
-                    f"No file matches {pattern!r}. Check the path, or pass another one with "
-                    f"'-p STEP.PARAM=PATH'.",
-                    path=pattern,
-                )
+                raise SourceError(_no_match(fs, path, pattern), path=pattern)
             protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
             prefix = "" if protocol in ("file", "local") else f"{protocol}://"
             found.extend(prefix + m for m in matches)
@@ -88,6 +95,37 @@ def _is_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
 
 
+def _no_match(fs: Any, path: str, pattern: str) -> str:
+    if not _is_glob(path) and fs.isdir(path):
+        return (
+            f"{pattern!r} is a folder, not a file. Name the files in it with a glob such as "
+            f"'{pattern.rstrip('/')}/*.csv', or pass another path with '-p STEP.PARAM=PATH'."
+        )
+    return (
+        f"No file matches {pattern!r}. Check the path, or pass another one with "
+        f"'-p STEP.PARAM=PATH'."
+    )
+
+
+def _seconds(value: Any) -> float:
+    """A timestamp as seconds: local files give floats, object stores datetimes."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _settled(info: Mapping[str, Any]) -> bool:
+    """Whether the file's stat data can stand for its content in the memo (see _RACY_S)."""
+    if info.get("ETag") or info.get("etag"):
+        return True
+    stamps = [_seconds(info.get(k)) for k in ("mtime", "created", "LastModified")]
+    newest = max(stamps)
+    return newest > 0 and time.time() - newest >= _RACY_S
+
+
 def _file_digest(url: str) -> tuple[int, str]:
     fs, path = fsspec.core.url_to_fs(url)
     try:
@@ -95,9 +133,12 @@ def _file_digest(url: str) -> tuple[int, str]:
     except FileNotFoundError as exc:
         raise SourceError(f"File {url!r} disappeared while it was being read.", path=url) from exc
     size = int(info.get("size") or 0)
-    mtime = float(info.get("mtime") or info.get("LastModified", 0) or 0)
+    mtime = _seconds(info.get("mtime") or info.get("LastModified"))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    key = (protocol, path, size, mtime)
+    # Like git's index: any write moves the inode change time (which, unlike the mtime,
+    # cannot be set back), and object stores give an ETag; either voids the memo.
+    change = info.get("created") or info.get("ETag") or info.get("etag") or ""
+    key = (protocol, path, size, mtime, str(change), str(info.get("ino") or ""))
     with _MEMO_LOCK:
         known = _HASH_MEMO.get(key)
     if known is not None:
@@ -109,8 +150,9 @@ def _file_digest(url: str) -> tuple[int, str]:
                 sha.update(chunk)
     except FileNotFoundError as exc:
         raise SourceError(f"File {url!r} disappeared while it was being read.", path=url) from exc
-    with _MEMO_LOCK:
-        _HASH_MEMO[key] = sha.hexdigest()
+    if _settled(info):
+        with _MEMO_LOCK:
+            _HASH_MEMO[key] = sha.hexdigest()
     return size, sha.hexdigest()
 
 

@@ -34,6 +34,22 @@ def _type_name(data_type: pa.DataType) -> str:
     return "timestamp" if pa.types.is_timestamp(data_type) else str(data_type)
 
 
+def _expected_type(name: str, expected: str) -> pa.DataType | None:
+    """The Arrow type that ``expected`` names, or None for a family."""
+    if expected in _FAMILIES:
+        return None
+    try:
+        # Aliases too: "float64" is double, "date32" is date32[day], "utf8" is string.
+        return pa.type_for_alias(expected)
+    except ValueError:
+        raise ContractError(
+            f"The 'columns' parameter of require_columns must map each name to an Arrow type "
+            f"name such as 'int64' or 'double', or a family: {', '.join(_FAMILIES)}. "
+            f"Got {expected!r} for column {name!r}.",
+            column=name,
+        ) from None
+
+
 def require_columns(table: pa.Table, columns: Mapping[str, str], *, source: str) -> pa.Table:
     """Check that ``table`` has every column in ``columns`` with a compatible type.
 
@@ -51,14 +67,20 @@ def require_columns(table: pa.Table, columns: Mapping[str, str], *, source: str)
     ...
     loopline.errors.ContractError: flights does not have the expected columns: ...
     """
+    exact = {name: _expected_type(name, expected) for name, expected in columns.items()}
     problems: list[str] = []
     for name, expected in columns.items():
-        if name not in table.column_names:
+        count = table.column_names.count(name)
+        if count == 0:
             problems.append(f"missing required column {name!r} ({expected})")
             continue
-        actual = _type_name(table.schema.field(name).type)
-        allowed = _FAMILIES.get(expected, (expected,))
-        if actual not in allowed and not (actual == "null" and table.num_rows == 0):
+        if count > 1:
+            problems.append(f"column {name!r} appears {count} times")
+            continue
+        actual = table.schema.field(name).type
+        wanted = exact[name]
+        fits = _type_name(actual) in _FAMILIES[expected] if wanted is None else actual == wanted
+        if not fits and not (pa.types.is_null(actual) and table.num_rows == 0):
             problems.append(f"column {name!r} has type {actual}, expected {expected}")
     if problems:
         raise ContractError(
