@@ -26,7 +26,7 @@ __all__ = ["CONFIG_FILE", "Settings", "find_config", "render_default_config"]
 
 CONFIG_FILE = "loopline.toml"
 
-_ENGINES = ("local", "ray")
+_ENGINES = ("local",)
 _EXECUTORS = ("threads", "processes")
 
 
@@ -64,7 +64,10 @@ class Settings:
         env = os.environ if env is None else env
         start_path = Path(start).resolve()
         explicit = env.get("LOOPLINE_CONFIG")
-        config_path = Path(explicit) if explicit else (find_config(start_path) if search else None)
+        if explicit:
+            config_path: Path | None = Path(explicit).expanduser().resolve()
+        else:
+            config_path = find_config(start_path) if search else None
         data: dict[str, Any] = {}
         if config_path is not None:
             data = _read_toml(config_path)
@@ -80,6 +83,7 @@ class Settings:
                     f"Valid settings: {', '.join(sorted(known))}.",
                     path=config_path,
                 )
+            _check_type(key, section[key], config_path)
         raw: dict[str, Any] = dict(section)
         for name in known:
             value = env.get(f"LOOPLINE_{name.upper()}")
@@ -115,10 +119,9 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if self.engine not in _ENGINES and not self.engine.startswith("ray://"):
+        if self.engine not in _ENGINES:
             raise ConfigError(
-                f"The 'engine' setting must be one of {', '.join(_ENGINES)} or 'ray://host:port'. "
-                f"Got {self.engine!r}."
+                f"The 'engine' setting must be one of {', '.join(_ENGINES)}. Got {self.engine!r}."
             )
         if self.executor not in _EXECUTORS:
             raise ConfigError(
@@ -152,6 +155,30 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _resolve(base: Path, value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else base / path
+
+
+_EXAMPLES = {
+    "home": '".loopline"',
+    "metadata_url": '"sqlite:///.loopline/metadata.db"',
+    "artifact_url": '".loopline/artifacts"',
+    "engine": '"local"',
+    "executor": '"threads"',
+    "max_workers": "4",
+    "online_url": '"redis://localhost:6379/0"',
+    "stream_url": '"nats://localhost:4222"',
+}
+
+
+def _check_type(name: str, value: Any, path: Path | None) -> None:
+    # TOML has real types; str() or int() on the wrong one would hide the mistake.
+    expected = int if name == "max_workers" else str
+    example = _EXAMPLES.get(name, '"..."')
+    if isinstance(value, bool) or not isinstance(value, expected):
+        kind = "an integer" if expected is int else "a string"
+        raise ConfigError(
+            f"The {name!r} setting in {path} must be {kind} such as {example}. Got {value!r}.",
+            path=path,
+        )
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -201,8 +228,7 @@ metadata_url = "sqlite:///.loopline/metadata.db"
 #   GCS:    gs://bucket/loopline   (pip install gcsfs)
 artifact_url = ".loopline/artifacts"
 
-# Compute engine: "local" runs steps on this machine; "ray" starts a local Ray
-# cluster and "ray://host:10001" joins an existing one (pip install 'loopline[ray]').
+# Compute engine: "local" runs steps on this machine with the executor below.
 engine = "local"
 
 # Local executor: "threads" (default) or "processes" (for CPU-bound pure-Python steps).
