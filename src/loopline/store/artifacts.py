@@ -17,8 +17,11 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -71,6 +74,13 @@ class _JSONCodec:
 
     def write(self, value: Any, handle: IO[bytes]) -> None:
         try:
+            if _has_non_finite(value):
+                # orjson writes NaN and infinities as null; keep them, in Python's spelling.
+                text = json.dumps(
+                    value, sort_keys=True, separators=(",", ":"), default=_plain, allow_nan=True
+                )
+                handle.write(text.encode())
+                return
             handle.write(
                 orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
             )
@@ -81,7 +91,29 @@ class _JSONCodec:
             ) from exc
 
     def read(self, data: bytes) -> Any:
-        return orjson.loads(data)
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return json.loads(data)  # NaN or Infinity, written by the branch above
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v) for v in value)
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy, as orjson takes it
+        return _has_non_finite(value.tolist())
+    return False
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as Python values, for the stdlib encoder."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
 class _BytesCodec:
@@ -250,6 +282,11 @@ class ArtifactStore:
         finally:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
+
+    def discard(self, content_hash: str) -> None:
+        """Remove a stored object (a corrupted one, so that the next put rewrites it)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(content_hash))
 
     def read_bytes(self, content_hash: str) -> bytes:
         """Return the stored bytes after checking that they still hash to ``content_hash``."""
