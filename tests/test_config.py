@@ -417,9 +417,37 @@ def test_unknown_setting_is_named_with_the_valid_ones(project: Path) -> None:
         Settings.load()
 
     message = str(info.value)
-    assert f"Unknown setting 'executer' in [loopline] of {path}" in message
+    assert f"Unknown setting 'executer' in [loopline] of {path} (did you mean 'executor'?)" in (
+        message
+    )
     assert f"Valid settings: {', '.join(SETTINGS)}." in message
     assert info.value.path == path  # type: ignore[attr-defined]
+
+
+def test_setting_outside_the_loopline_table_is_an_error(project: Path) -> None:
+    path = write_config(project, 'metadata_url = "sqlite:///x.db"\n[loopline]\n')
+
+    with pytest.raises(ConfigError) as info:
+        Settings.load()
+
+    message = str(info.value)
+    assert f"Unknown table or key 'metadata_url' at the top of {path}" in message
+    assert "'metadata_url' is a setting: move it under [loopline]." in message
+
+
+def test_unknown_top_level_table_is_an_error(project: Path) -> None:
+    write_config(project, "[paramz]\nn = 3\n")
+
+    with pytest.raises(ConfigError, match=r"Unknown table or key 'paramz'.*under \[params\]"):
+        Settings.load()
+
+
+def test_overrides_are_validated(project: Path) -> None:
+    settings = Settings.load()
+
+    assert settings.with_overrides(executor="processes").executor == "processes"
+    with pytest.raises(ConfigError, match="'engine' setting must be one of local"):
+        settings.with_overrides(engine="ray")
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ Examples
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -72,6 +73,19 @@ class Settings:
         if config_path is not None:
             data = _read_toml(config_path)
         base = config_path.parent if config_path is not None else start_path
+        for key in data:
+            if key not in ("loopline", "params"):
+                names = {f.name for f in fields(cls)} - {"config_path", "params"}
+                hint = (
+                    f"{key!r} is a setting: move it under [loopline]"
+                    if key in names
+                    else f"Settings go under [loopline]{_did_you_mean(key, names)}, "
+                    f"pipeline parameters under [params]"
+                )
+                raise ConfigError(
+                    f"Unknown table or key {key!r} at the top of {config_path}. {hint}.",
+                    path=config_path,
+                )
         section = data.get("loopline", {})
         if not isinstance(section, dict):
             raise ConfigError(f"[loopline] in {config_path} must be a table.", path=config_path)
@@ -79,8 +93,8 @@ class Settings:
         for key in section:
             if key not in known:
                 raise ConfigError(
-                    f"Unknown setting {key!r} in [loopline] of {config_path}. "
-                    f"Valid settings: {', '.join(sorted(known))}.",
+                    f"Unknown setting {key!r} in [loopline] of {config_path}"
+                    f"{_did_you_mean(key, known)}. Valid settings: {', '.join(sorted(known))}.",
                     path=config_path,
                 )
             _check_type(key, section[key], config_path)
@@ -130,7 +144,9 @@ class Settings:
             )
 
     def with_overrides(self, **changes: Any) -> Settings:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        settings = replace(self, **{k: v for k, v in changes.items() if v is not None})
+        settings.validate()
+        return settings
 
 
 def find_config(start: Path) -> Path | None:
@@ -179,6 +195,11 @@ def _check_type(name: str, value: Any, path: Path | None) -> None:
             f"The {name!r} setting in {path} must be {kind} such as {example}. Got {value!r}.",
             path=path,
         )
+
+
+def _did_you_mean(name: str, choices: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _positive_int(value: Any, name: str) -> int:
