@@ -146,8 +146,27 @@ class StepOutcome:
     """When set (and the step succeeded), the output is published under this cache key."""
 
 
-# Built once: the parameters name the columns to set, so SQLAlchemy compiles it once.
+# Hot statements, built once so that each run reuses one compiled form (for the update,
+# the parameters name the columns to set).
 _FINISH_STEP = t.steps.update().where(t.steps.c.id == sa.bindparam("step"))
+_LOOKUP_CACHE = (
+    sa.select(t.artifacts, t.cache.c.step_id.label("cache_step_id"))
+    .join(t.artifacts, t.artifacts.c.id == t.cache.c.artifact_id)
+    .where(t.cache.c.cache_key == sa.bindparam("key"))
+)
+_COPY_METRICS = t.metrics.insert().from_select(
+    ["run_id", "step_id", "key", "value", "step", "timestamp"],
+    sa.select(
+        sa.bindparam("new_run", type_=sa.String),
+        sa.bindparam("new_step", type_=sa.String),
+        t.metrics.c.key,
+        t.metrics.c.value,
+        t.metrics.c.step,
+        sa.bindparam("now", type_=sa.Float),
+    )
+    .where(t.metrics.c.step_id == sa.bindparam("source"))
+    .order_by(t.metrics.c.id),
+)
 
 
 class MetadataStore:
@@ -477,12 +496,10 @@ class MetadataStore:
             ]
             edges.append(_edge(step_id, artifact_id, "output", "step", "artifact", None))
             conn.execute(t.lineage.insert(), edges)
-            rows = conn.execute(
-                sa.select(t.metrics.c.key, t.metrics.c.value, t.metrics.c.step).where(
-                    t.metrics.c.step_id == source_step_id
-                )
-            ).all()
-            self._insert_metrics(conn, run_id, step_id, [tuple(r) for r in rows], now)
+            conn.execute(
+                _COPY_METRICS,
+                {"new_run": run_id, "new_step": step_id, "now": now, "source": source_step_id},
+            )
         return step_id
 
     def record_skipped_step(self, run_id: str, name: str, *, reason: str) -> str:
@@ -533,13 +550,8 @@ class MetadataStore:
 
     def lookup_cache(self, cache_key: str) -> tuple[ArtifactRecord, str] | None:
         """Return the artifact stored under ``cache_key`` and the step that produced it."""
-        query = (
-            sa.select(t.artifacts, t.cache.c.step_id.label("cache_step_id"))
-            .join(t.artifacts, t.artifacts.c.id == t.cache.c.artifact_id)
-            .where(t.cache.c.cache_key == cache_key)
-        )
         with self._read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_LOOKUP_CACHE, {"key": cache_key}).first()
         if row is None:
             return None
         return _artifact(row), str(row.cache_step_id)
