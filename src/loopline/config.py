@@ -266,5 +266,5 @@ max_workers = 4
 # Pipeline parameters: "name = value" applies to every step with that parameter,
 # "step.name = value" to one step. The command line (-p step.name=value) wins.
 [params]
-# model.num_boost_round = 300
+# model.num_rounds = 300
 """
