@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loopline import Files, log_metrics, step
 from loopline.config import Settings
@@ -517,3 +520,49 @@ def test_pipeline_loaded_by_path(local_runner: Runner, tmp_path: Path) -> None:
     assert result.ok
     assert load_pipeline(path).name == "bypath"
     assert local_runner.metadata.get_run(result.run_id).source == str(path.resolve())
+
+
+# -- invariant: a cached step returns the same bytes -----------------------------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+_rows = st.lists(
+    st.tuples(st.integers(-(2**63), 2**63 - 1), st.floats() | st.none(), st.text()),
+    max_size=30,
+)
+
+
+def _stored_bytes(runner: Runner, result: Any) -> dict[str, tuple[str, bytes]]:
+    out = {}
+    for name, record in result.steps.items():
+        artifact = runner.metadata.get_artifact(record.output_artifact_id)
+        out[name] = (artifact.content_hash, runner.artifacts.read_bytes(artifact.content_hash))
+    return out
+
+
+@settings(max_examples=15, deadline=None)
+@given(value=_json_values, rows=_rows)
+def test_a_cached_step_returns_the_same_bytes(value: Any, rows: list[Any]) -> None:
+    @step
+    def table() -> pl.DataFrame:
+        return pl.DataFrame(rows, schema=["id", "score", "label"], orient="row")
+
+    @step
+    def summary(table: pl.DataFrame) -> dict[str, Any]:
+        return {"rows": table.height, "value": value}
+
+    pipeline = Pipeline.from_steps([table, summary], name="bytes")
+    with tempfile.TemporaryDirectory() as home:
+        settings_ = Settings.load(start=home, search=False, env={})
+        with Runner(settings_) as runner:
+            cold = runner.run(pipeline)
+            cached = runner.run(pipeline)
+            rebuilt = runner.run(pipeline, no_cache=True)
+
+            assert statuses(cached) == {"table": "cached", "summary": "cached"}
+            assert _stored_bytes(runner, cached) == _stored_bytes(runner, cold)
+            assert _stored_bytes(runner, rebuilt) == _stored_bytes(runner, cold)
+            assert runner.output(cached.run_id, "table").equals(runner.output(cold.run_id, "table"))
