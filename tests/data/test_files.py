@@ -59,16 +59,18 @@ def _after_the_next_tick(path: Path) -> None:
     pytest.fail(f"The change time of files next to {path} never moved past {before}.")
 
 
-def _calls_to_open(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record every path the local filesystem opens from now on."""
+def _calls_to_open(
+    monkeypatch: pytest.MonkeyPatch, filesystem: type[Any] = LocalFileSystem
+) -> list[str]:
+    """Record every path ``filesystem`` (the local one by default) opens from now on."""
     opened: list[str] = []
-    original = LocalFileSystem._open
+    original = filesystem._open
 
-    def counting(self: LocalFileSystem, path: str, *args: Any, **kwargs: Any) -> Any:
+    def counting(self: Any, path: str, *args: Any, **kwargs: Any) -> Any:
         opened.append(path)
         return original(self, path, *args, **kwargs)
 
-    monkeypatch.setattr(LocalFileSystem, "_open", counting)
+    monkeypatch.setattr(filesystem, "_open", counting)
     return opened
 
 
@@ -415,14 +417,7 @@ def test_object_store_files_are_memoized_by_etag(
     object_store: _ObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     object_store.pipe("/bucket/a.csv", b"x\n1\n")
-    read: list[str] = []
-    original = _ObjectStore._open
-
-    def counting(self: _ObjectStore, path: str, *args: Any, **kwargs: Any) -> Any:
-        read.append(path)
-        return original(self, path, *args, **kwargs)
-
-    monkeypatch.setattr(_ObjectStore, "_open", counting)
+    read = _calls_to_open(monkeypatch, _ObjectStore)
     files = Files("loopline-objects://bucket/*.csv")
     assert files.paths() == ["loopline-objects:///bucket/a.csv"]
     before = files.fingerprint()
