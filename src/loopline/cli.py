@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 from rich.tree import Tree
 
@@ -132,7 +132,14 @@ def runs(
     pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
 ) -> None:
     """List recent runs."""
-    table = Table("run", "pipeline", "status", "started", "duration", "resumes")
+    table = Table(
+        _id_column("run"),
+        "pipeline",
+        Column("status", no_wrap=True),
+        Column("started", no_wrap=True),
+        Column("duration", no_wrap=True),
+        Column("resumes", no_wrap=True),
+    )
     with _runner() as runner:
         records = runner.metadata.list_runs(limit=limit, pipeline=pipeline)
         for record in records:
@@ -141,7 +148,7 @@ def runs(
                 record.id,
                 record.pipeline,
                 _status(record.status),
-                _when(record.created_at),
+                _when(record.created_at, seconds=False),
                 _seconds(record.duration),
                 record.parent_run_id or "",
             )
@@ -236,7 +243,16 @@ def _print_run(metadata: MetadataStore, record: RunRecord) -> None:
 
 
 def _steps_table(metadata: MetadataStore, steps: list[StepRecord]) -> Table:
-    table = Table("step", "status", "cache", "time", "attempts", "output", "kind", "size")
+    table = Table(
+        Column("step", no_wrap=True),
+        Column("status", no_wrap=True),
+        "cache",
+        "time",
+        "tries",
+        _id_column("output"),
+        "kind",
+        Column("size", no_wrap=True),
+    )
     for step in steps:
         artifact = (
             metadata.get_artifact(step.output_artifact_id) if step.output_artifact_id else None
@@ -248,7 +264,7 @@ def _steps_table(metadata: MetadataStore, steps: list[StepRecord]) -> Table:
             "hit" if step.cache_hit else "",
             _seconds(step.duration),
             str(len(attempts)) if attempts else "",
-            f"{artifact.id} ({artifact.content_hash[:12]})" if artifact else "",
+            artifact.id if artifact else "",
             artifact.kind if artifact else "",
             _size(artifact.size) if artifact else "",
         )
@@ -315,8 +331,14 @@ def _status(status: str) -> Text:
     return Text(status, style)
 
 
-def _when(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+def _id_column(header: str) -> Column:
+    """A column of ids, never cut short: they are what the user copies into the next command."""
+    return Column(header, no_wrap=True, min_width=16)
+
+
+def _when(timestamp: float, *, seconds: bool = True) -> str:
+    shape = "%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M"
+    return dt.datetime.fromtimestamp(timestamp).strftime(shape)
 
 
 def _seconds(value: float | None) -> str:
