@@ -24,7 +24,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -66,6 +66,9 @@ class StoredArtifact:
     kind: str
 
 
+_ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
 class _JSONCodec:
     kind = "json"
 
@@ -74,39 +77,48 @@ class _JSONCodec:
 
     def write(self, value: Any, handle: IO[bytes]) -> None:
         try:
-            if _has_non_finite(value):
-                # orjson writes NaN and infinities as null; keep them, in Python's spelling.
-                text = json.dumps(
-                    value, sort_keys=True, separators=(",", ":"), default=_plain, allow_nan=True
-                )
-                handle.write(text.encode())
-                return
-            handle.write(
-                orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+            if not _has_non_finite(value):
+                try:
+                    handle.write(orjson.dumps(value, option=_ORJSON_OPTIONS))
+                    return
+                except TypeError as exc:
+                    if "64-bit" not in str(exc):
+                        raise
+            # orjson writes NaN and infinities as null and refuses integers beyond 64
+            # bits; Python's encoder keeps both (NaN and Infinity in its spelling).
+            text = json.dumps(
+                value, sort_keys=True, separators=(",", ":"), default=_plain, allow_nan=True
             )
         except TypeError as exc:
             raise UnsupportedArtifactError(
                 f"The value cannot be stored as JSON: {exc}. Return JSON-able values "
                 f"(str, int, float, bool, None, lists and str-keyed dicts of them).",
             ) from exc
+        handle.write(text.encode())
 
     def read(self, data: bytes) -> Any:
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return json.loads(data)  # NaN or Infinity, written by the branch above
+        # Python's decoder, not orjson's: orjson reads integers beyond 64 bits as floats.
+        return json.loads(data)
 
 
 def _has_non_finite(value: Any) -> bool:
+    """Whether ``value`` holds NaN or an infinity; TypeError for a key that is not a str."""
     if isinstance(value, float):
         return not math.isfinite(value)
     if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("Dict key must be str")  # as orjson says; json would convert
+        return _any_non_finite(value.values())
     if isinstance(value, (list, tuple)):
-        return any(_has_non_finite(v) for v in value)
+        return _any_non_finite(value)
     if hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy, as orjson takes it
         return _has_non_finite(value.tolist())
     return False
+
+
+def _any_non_finite(values: Iterable[Any]) -> bool:
+    # Every item is visited (no short cut), so a bad key anywhere is found.
+    return any([_has_non_finite(v) for v in values])  # noqa: C419
 
 
 def _plain(value: Any) -> Any:
