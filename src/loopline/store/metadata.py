@@ -19,6 +19,7 @@ import fcntl
 import math
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -145,6 +146,9 @@ class StepOutcome:
     cache_key: str | None = None
     """When set (and the step succeeded), the output is published under this cache key."""
 
+
+_SQLITE_BUSY_S = 60
+"""How long a SQLite connection waits for another process's lock before it fails."""
 
 # Hot statements, built once so that each run reuses one compiled form (for the update,
 # the parameters name the columns to set).
@@ -819,7 +823,7 @@ def _make_engine(url: str, *, write: bool) -> Engine:
                         f"(or LOOPLINE_METADATA_URL) to a writable location.",
                         url=_safe_url(url),
                     ) from exc
-                engine = sa.create_engine(parsed, connect_args={"timeout": 60})
+                engine = sa.create_engine(parsed, connect_args={"timeout": _SQLITE_BUSY_S})
             else:
                 # One shared connection, so an in-memory database is one database.
                 engine = sa.create_engine(
@@ -845,9 +849,9 @@ def _tune_sqlite(engine: Engine, *, write: bool) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA busy_timeout = 60000")
+        cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_S * 1000}")
         if engine.url.database not in (None, "", ":memory:"):
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _use_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
@@ -856,3 +860,23 @@ def _tune_sqlite(engine: Engine, *, write: bool) -> None:
         # IMMEDIATE takes the write lock up front: a reader never has to upgrade to a
         # writer mid-transaction, which is what makes concurrent writers deadlock.
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch a SQLite database to WAL mode (persistent, so once is enough).
+
+    The switch needs the database to itself and does not wait on the busy timeout: when
+    several processes open a new database at once, the others' connections and the first
+    migration make it fail with "database is locked", so it is retried for a while.
+    """
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + _SQLITE_BUSY_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
