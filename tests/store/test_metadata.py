@@ -595,7 +595,20 @@ def test_migrations_create_the_declared_schema(store: MetadataStore, metadata_ur
                 assert reflected == declared, name
                 primary = inspector.get_pk_constraint(name)["constrained_columns"]
                 assert primary == [c.name for c in table.primary_key], name
-                indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes(name)}
+                uniques = {
+                    u["name"]: u["column_names"] for u in inspector.get_unique_constraints(name)
+                }
+                assert uniques == {
+                    u.name: [c.name for c in u.columns]
+                    for u in table.constraints
+                    if isinstance(u, sa.UniqueConstraint)
+                }
+                # PostgreSQL reflects a unique constraint as an index of the same name too.
+                indexes = {
+                    i["name"]: i["column_names"]
+                    for i in inspector.get_indexes(name)
+                    if i["name"] not in uniques
+                }
                 assert indexes == {i.name: [c.name for c in i.columns] for i in table.indexes}
             # Alembic's own comparison catches whatever the checks above do not look at.
             assert compare_metadata(MigrationContext.configure(conn), schema.METADATA) == []

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "artifacts",
     "attempts",
     "cache",
+    "dataset_parts",
+    "datasets",
     "lineage",
     "metrics",
     "params",
@@ -34,7 +37,7 @@ __all__ = [
     "tags",
 ]
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 """The newest Alembic revision; the store migrates any older database up to it."""
 
 METADATA = MetaData()
@@ -150,3 +153,45 @@ cache = Table(
     Column("step_id", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+datasets = Table(
+    "datasets",
+    METADATA,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("rows_read", BigInteger, nullable=False),
+    Column("rows_quarantined", BigInteger, nullable=False),
+    Column("columns", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("source_fingerprint", String(64), nullable=False),
+    Column("contract", String(200)),
+    Column("contract_hash", String(64)),
+    Column("profile_hash", String(64)),
+    Column("cursor", Text),
+    Column("warnings", Text, nullable=False, server_default="[]"),
+    Column("run_id", String(32)),
+    Column("step_id", String(32)),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("name", "version", name="uq_datasets_name_version"),
+)
+"""Dataset versions: one per ingest of a source, numbered per name from 1."""
+
+dataset_parts = Table(
+    "dataset_parts",
+    METADATA,
+    Column("dataset_id", String(32), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("partition_key", Text, nullable=False),
+    Column("partition_fingerprint", String(64), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("rows_read", BigInteger, nullable=False),
+    Column("rows_quarantined", BigInteger, nullable=False),
+    Column("quarantine_hash", String(64)),
+    Column("profile_hash", String(64)),
+)
+"""The Parquet parts of a dataset version, one per source partition, in order."""
