@@ -9,7 +9,8 @@
     │   ├── ArtifactError
     │   │   ├── ArtifactNotFoundError (KeyError)  no stored bytes under that hash or id
     │   │   └── ArtifactCorruptedError            stored bytes no longer match their hash
-    │   └── UnsupportedArtifactError (TypeError)  a step returned a value no codec can store
+    │   ├── UnsupportedArtifactError (TypeError)  a step returned a value no codec can store
+    │   └── DatasetNotFoundError (KeyError)       no dataset version by that name or id
     ├── SourceError (OSError)                    external data cannot be found or read
     ├── ContractError (ValueError)               data broke a declared contract
     └── PipelineError
@@ -31,6 +32,7 @@ __all__ = [
     "ArtifactNotFoundError",
     "ConfigError",
     "ContractError",
+    "DatasetNotFoundError",
     "LooplineError",
     "MetadataStoreError",
     "PipelineDefinitionError",
@@ -92,6 +94,10 @@ class ArtifactCorruptedError(ArtifactError):
 
 class UnsupportedArtifactError(StoreError, TypeError):
     """A value has no codec that can store it as an artifact."""
+
+
+class DatasetNotFoundError(StoreError, KeyError):
+    """No dataset version has the requested name, version or id."""
 
 
 class SourceError(LooplineError, OSError):

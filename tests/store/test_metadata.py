@@ -30,12 +30,13 @@ from alembic.script import ScriptDirectory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loopline.errors import MetadataStoreError, RunNotFoundError
+from loopline.errors import DatasetNotFoundError, MetadataStoreError, RunNotFoundError
 from loopline.store import metadata as metadata_module
 from loopline.store import schema
 from loopline.store.metadata import (
     ArtifactRecord,
     AttemptRecord,
+    DatasetPartRecord,
     MetadataStore,
     StepOutcome,
     new_id,
@@ -614,6 +615,86 @@ def test_migrations_create_the_declared_schema(store: MetadataStore, metadata_ur
             assert compare_metadata(MigrationContext.configure(conn), schema.METADATA) == []
     finally:
         engine.dispose()
+
+
+# -- datasets ------------------------------------------------------------------------------
+
+
+def _part(position: int, *, rows: int = 3, quarantined: int = 1) -> DatasetPartRecord:
+    return DatasetPartRecord(
+        position=position,
+        partition_key=f"file:///data/part-{position}.csv",
+        partition_fingerprint=f"{position:064x}",
+        content_hash=f"{position + 100:064x}",
+        size=1000 + position,
+        rows=rows,
+        rows_read=rows + quarantined,
+        rows_quarantined=quarantined,
+        quarantine_hash=f"{position + 200:064x}" if quarantined else None,
+        profile_hash=None,
+    )
+
+
+def test_dataset_versions_are_numbered_per_name(store: MetadataStore) -> None:
+    run_id = store.create_run(pipeline="p", source="p.py")
+    common: dict[str, Any] = {
+        "columns": [("id", "int64"), ("city", "string")],
+        "source": "data/*.csv",
+        "source_fingerprint": "f" * 64,
+    }
+    first = store.add_dataset_version(
+        name="trips",
+        content_hash="a" * 64,
+        parts=[_part(0), _part(1, rows=5, quarantined=0)],
+        contract="trips",
+        contract_hash="c" * 64,
+        cursor={"updated_at": "2013-01-01T00:00:00"},
+        warnings=["2 rows quarantined"],
+        run_id=run_id,
+        **common,
+    )
+    second = store.add_dataset_version(name="trips", content_hash="b" * 64, parts=[], **common)
+    other = store.add_dataset_version(name="planes", content_hash="d" * 64, parts=[], **common)
+
+    assert (first.version, second.version, other.version) == (1, 2, 1)
+    assert (first.rows, first.rows_read, first.rows_quarantined) == (8, 9, 1)
+    assert first.columns == [("id", "int64"), ("city", "string")]
+    assert first.cursor == {"updated_at": "2013-01-01T00:00:00"}
+    assert first.warnings == ["2 rows quarantined"]
+    assert first.ref == "trips@1"
+    assert store.dataset_parts(first.id) == [_part(0), _part(1, rows=5, quarantined=0)]
+    assert store.dataset_parts(second.id) == []
+    assert store.get_dataset("trips") == second
+    assert store.get_dataset("trips@1") == first
+    assert store.get_dataset("trips", version=1) == first
+    assert store.get_dataset(first.id[:8]) == first
+    assert [d.ref for d in store.list_datasets()] == ["planes@1", "trips@2", "trips@1"]
+    assert [d.ref for d in store.list_datasets(name="trips", limit=1)] == ["trips@2"]
+    assert store.datasets_of_run(run_id) == [first]
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("nothing", "There is no dataset 'nothing'. 'loopline datasets' lists"),
+        ("trips@9", "There is no version 9 of dataset 'trips'."),
+        ("trips@x", "'trips@x' is not a dataset version: write NAME@VERSION with a number"),
+    ],
+)
+def test_unknown_dataset_versions(store: MetadataStore, ref: str, message: str) -> None:
+    store.add_dataset_version(
+        name="trips",
+        content_hash="a" * 64,
+        columns=[],
+        source="s",
+        source_fingerprint="f",
+        parts=[],
+    )
+
+    with pytest.raises(DatasetNotFoundError) as info:
+        store.get_dataset(ref)
+    assert message in str(info.value)
+    assert isinstance(info.value, KeyError)
 
 
 # -- several processes ----------------------------------------------------------------------

@@ -35,12 +35,14 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from loopline.errors import MetadataStoreError, RunNotFoundError
+from loopline.errors import DatasetNotFoundError, MetadataStoreError, RunNotFoundError
 from loopline.store import schema as t
 
 __all__ = [
     "ArtifactRecord",
     "AttemptRecord",
+    "DatasetPartRecord",
+    "DatasetRecord",
     "MetadataStore",
     "MetricRecord",
     "RunRecord",
@@ -120,6 +122,51 @@ class ArtifactRecord:
     kind: str
     created_at: float
     producer_step_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetPartRecord:
+    """One Parquet part of a dataset version: the rows of one source partition."""
+
+    position: int
+    partition_key: str
+    partition_fingerprint: str
+    content_hash: str
+    size: int
+    rows: int
+    rows_read: int
+    rows_quarantined: int
+    quarantine_hash: str | None = None
+    profile_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A dataset version: what one ingest of a source produced."""
+
+    id: str
+    name: str
+    version: int
+    content_hash: str
+    rows: int
+    rows_read: int
+    rows_quarantined: int
+    columns: list[tuple[str, str]]
+    source: str
+    source_fingerprint: str
+    contract: str | None
+    contract_hash: str | None
+    profile_hash: str | None
+    cursor: Any
+    warnings: list[str]
+    run_id: str | None
+    step_id: str | None
+    created_at: float
+
+    @property
+    def ref(self) -> str:
+        """How a person names this version: ``name@version``."""
+        return f"{self.name}@{self.version}"
 
 
 @dataclass(frozen=True)
@@ -550,6 +597,134 @@ class MetadataStore:
                 for r in conn.execute(query)
             ]
 
+    # -- datasets ------------------------------------------------------------------------
+
+    def add_dataset_version(
+        self,
+        *,
+        name: str,
+        content_hash: str,
+        columns: Sequence[tuple[str, str]],
+        source: str,
+        source_fingerprint: str,
+        parts: Sequence[DatasetPartRecord],
+        contract: str | None = None,
+        contract_hash: str | None = None,
+        profile_hash: str | None = None,
+        cursor: Any = None,
+        warnings: Sequence[str] = (),
+        run_id: str | None = None,
+        step_id: str | None = None,
+    ) -> DatasetRecord:
+        """Record a new version of dataset ``name`` (numbered from 1) with its parts."""
+        dataset_id = new_id()
+        row = {
+            "id": dataset_id,
+            "name": name,
+            "content_hash": content_hash,
+            "rows": sum(p.rows for p in parts),
+            "rows_read": sum(p.rows_read for p in parts),
+            "rows_quarantined": sum(p.rows_quarantined for p in parts),
+            "columns": _dumps([list(c) for c in columns]),
+            "source": source,
+            "source_fingerprint": source_fingerprint,
+            "contract": contract,
+            "contract_hash": contract_hash,
+            "profile_hash": profile_hash,
+            "cursor": None if cursor is None else _dumps(cursor),
+            "warnings": _dumps(list(warnings)),
+            "run_id": run_id,
+            "step_id": step_id,
+            "created_at": time.time(),
+        }
+        part_rows = [{"dataset_id": dataset_id, **vars(p)} for p in parts]
+        for attempt in range(5):
+            try:
+                with self._write() as conn:
+                    latest = conn.execute(
+                        sa.select(sa.func.max(t.datasets.c.version)).where(
+                            t.datasets.c.name == name
+                        )
+                    ).scalar()
+                    row["version"] = int(latest or 0) + 1
+                    conn.execute(t.datasets.insert(), row)
+                    if part_rows:
+                        conn.execute(t.dataset_parts.insert(), part_rows)
+                break
+            except MetadataStoreError as exc:
+                # Two writers took the same number (PostgreSQL): the unique key refused one.
+                if attempt == 4 or not isinstance(exc.__cause__, sa.exc.IntegrityError):
+                    raise
+        return self.get_dataset(dataset_id)
+
+    def get_dataset(self, ref: str, version: int | None = None) -> DatasetRecord:
+        """A dataset version by id (or unique prefix), ``name@version``, or name (newest)."""
+        name, _, pinned = ref.partition("@")
+        if pinned:
+            if not pinned.isdigit():
+                raise DatasetNotFoundError(
+                    f"{ref!r} is not a dataset version: write NAME@VERSION with a number, "
+                    f"such as {name}@1.",
+                    dataset=ref,
+                )
+            version = int(pinned)
+        query = sa.select(t.datasets).where(t.datasets.c.name == name)
+        query = query.where(t.datasets.c.version == version) if version is not None else query
+        with self._read() as conn:
+            found = conn.execute(query.order_by(t.datasets.c.version.desc()).limit(1)).first()
+            if found is None and version is None:
+                by_id = conn.execute(
+                    sa.select(t.datasets)
+                    .where(t.datasets.c.id.startswith(ref, autoescape=True))
+                    .limit(2)
+                ).all()
+                if len(by_id) > 1:
+                    raise DatasetNotFoundError(
+                        f"More than one dataset version id starts with {ref!r}; give more "
+                        f"characters.",
+                        dataset=ref,
+                    )
+                found = by_id[0] if by_id else None
+        if found is None:
+            what = f"version {version} of dataset {name!r}" if version else f"dataset {ref!r}"
+            raise DatasetNotFoundError(
+                f"There is no {what}. 'loopline datasets' lists the datasets and versions.",
+                dataset=ref,
+            )
+        return _dataset(found)
+
+    def list_datasets(self, *, name: str | None = None, limit: int = 50) -> list[DatasetRecord]:
+        """Dataset versions, newest first (of every dataset, or of ``name``)."""
+        query = sa.select(t.datasets).order_by(
+            t.datasets.c.created_at.desc(), t.datasets.c.version.desc()
+        )
+        if name is not None:
+            query = query.where(t.datasets.c.name == name)
+        with self._read() as conn:
+            return [_dataset(r) for r in conn.execute(query.limit(limit))]
+
+    def datasets_of_run(self, run_id: str) -> list[DatasetRecord]:
+        """The dataset versions a run created, oldest first."""
+        query = (
+            sa.select(t.datasets)
+            .where(t.datasets.c.run_id == run_id)
+            .order_by(t.datasets.c.created_at)
+        )
+        with self._read() as conn:
+            return [_dataset(r) for r in conn.execute(query)]
+
+    def dataset_parts(self, dataset_id: str) -> list[DatasetPartRecord]:
+        query = (
+            sa.select(t.dataset_parts)
+            .where(t.dataset_parts.c.dataset_id == dataset_id)
+            .order_by(t.dataset_parts.c.position)
+        )
+        with self._read() as conn:
+            return [
+                DatasetPartRecord(**{k: v for k, v in r._mapping.items() if k != "dataset_id"})
+                for r in conn.execute(query)
+            ]
+
     # -- cache ---------------------------------------------------------------------------
 
     def lookup_cache(self, cache_key: str) -> tuple[ArtifactRecord, str] | None:
@@ -700,6 +875,14 @@ class MetadataStore:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def _dataset(row: Any) -> DatasetRecord:
+    values = dict(row._mapping)
+    values["columns"] = [tuple(c) for c in orjson.loads(values["columns"])]
+    values["cursor"] = None if values["cursor"] is None else orjson.loads(values["cursor"])
+    values["warnings"] = orjson.loads(values["warnings"])
+    return DatasetRecord(**values)
 
 
 def _edge(
