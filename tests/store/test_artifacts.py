@@ -41,7 +41,12 @@ from loopline.errors import (
     UnsupportedArtifactError,
 )
 from loopline.store import artifacts as artifacts_module
-from loopline.store.artifacts import ArtifactStore, StoredArtifact, register_codec
+from loopline.store.artifacts import (
+    ArtifactStore,
+    PendingArtifact,
+    StoredArtifact,
+    register_codec,
+)
 
 IMPLEMENTATIONS = ["local", "memory"]
 
@@ -623,3 +628,45 @@ def test_json_keeps_integers_beyond_64_bits(store: ArtifactStore, value: Any) ->
 def test_json_refuses_keys_that_are_not_strings(store: ArtifactStore, value: Any) -> None:
     with pytest.raises(UnsupportedArtifactError, match="Dict key must be str"):
         store.put(value)
+
+
+def test_writer_streams_bytes_into_the_store(store: ArtifactStore) -> None:
+    with store.writer("bytes") as pending:
+        for piece in (b"abc", b"def" * 1000):
+            pending.handle.write(piece)
+
+    data = b"abc" + b"def" * 1000
+    assert pending.stored.content_hash == hashlib.sha256(data).hexdigest()
+    assert pending.stored.size == len(data)
+    assert store.read_bytes(pending.stored.content_hash) == data
+    with store.open(pending.stored.content_hash) as handle:
+        assert handle.read() == data
+    assert temp_files(store) == []
+
+
+def test_writer_that_fails_publishes_nothing(store: ArtifactStore) -> None:
+    started: list[PendingArtifact] = []
+
+    def write_half() -> None:
+        with store.writer("bytes") as pending:
+            started.append(pending)
+            pending.handle.write(b"half")
+            raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError, match="source broke"):
+        write_half()
+    [pending] = started
+
+    with pytest.raises(ArtifactError, match="not stored until its writer block finishes"):
+        _ = pending.stored
+    assert stored_objects(store) == []
+    assert temp_files(store) == []
+
+
+def test_open_refuses_corrupted_bytes(store: ArtifactStore) -> None:
+    stored = store.put_bytes(b"payload")
+    with store.fs.open(store.path(stored.content_hash), "wb") as handle:
+        handle.write(b"tampered")
+
+    with pytest.raises(ArtifactCorruptedError), store.open(stored.content_hash):
+        pass

@@ -24,7 +24,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -39,7 +40,7 @@ from loopline.errors import (
     UnsupportedArtifactError,
 )
 
-__all__ = ["ArtifactStore", "Codec", "StoredArtifact", "register_codec"]
+__all__ = ["ArtifactStore", "Codec", "PendingArtifact", "StoredArtifact", "register_codec"]
 
 _CHUNK = 1 << 20
 
@@ -64,6 +65,25 @@ class StoredArtifact:
     uri: str
     size: int
     kind: str
+
+
+class PendingArtifact:
+    """An artifact being written by ``ArtifactStore.writer``."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self._stored: StoredArtifact | None = None
+
+    @property
+    def stored(self) -> StoredArtifact:
+        """Where the bytes went; set when the ``writer`` block has finished."""
+        if self._stored is None:
+            raise ArtifactError("The artifact is not stored until its writer block finishes.")
+        return self._stored
+
+    @stored.setter
+    def stored(self, value: StoredArtifact) -> None:
+        self._stored = value
 
 
 _ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
@@ -275,13 +295,25 @@ class ArtifactStore:
         return self._store(kind, lambda handle: handle.write(data))
 
     def _store(self, kind: str, write: Callable[[IO[bytes]], Any]) -> StoredArtifact:
+        with self.writer(kind) as pending:
+            write(pending.handle)
+        return pending.stored
+
+    @contextmanager
+    def writer(self, kind: str) -> Iterator[PendingArtifact]:
+        """Stream bytes into the store: write to ``pending.handle``; on a clean exit the
+        bytes are published under their hash and ``pending.stored`` says where.
+
+        Nothing is published when the block raises, and no temporary file is left behind.
+        """
         tmp_dir = Path(self.root, "tmp") if self.local else None
         fd, tmp_name = tempfile.mkstemp(prefix="put-", dir=tmp_dir)
         try:
             with os.fdopen(fd, "wb") as raw:
                 hashing = _HashingWriter(raw)
                 with io.BufferedWriter(hashing, buffer_size=_CHUNK) as buffered:
-                    write(buffered)
+                    pending = PendingArtifact(buffered)
+                    yield pending
             content_hash = hashing.sha.hexdigest()
             final = self.path(content_hash)
             if not self.fs.exists(final):
@@ -290,10 +322,19 @@ class ArtifactStore:
                     os.replace(tmp_name, final)  # atomic: readers see all bytes or none
                 else:
                     self.fs.put_file(tmp_name, final)  # object stores publish a PUT whole
-            return StoredArtifact(content_hash, self.uri(content_hash), hashing.size, kind)
+            pending.stored = StoredArtifact(
+                content_hash, self.uri(content_hash), hashing.size, kind
+            )
         finally:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
+
+    @contextmanager
+    def open(self, content_hash: str) -> Iterator[IO[bytes]]:
+        """Open stored bytes for streaming reads, after checking them against their hash."""
+        self.verify(content_hash)
+        with self.fs.open(self.path(content_hash), "rb") as handle:
+            yield handle
 
     def discard(self, content_hash: str) -> None:
         """Remove a stored object (a corrupted one, so that the next put rewrites it)."""
