@@ -15,6 +15,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
+from loopline.data.workspace import Workspace, use_workspace
 from loopline.errors import LooplineError, StepTimeoutError
 from loopline.pipeline.context import step_context
 from loopline.pipeline.dag import load_pipeline
@@ -62,6 +64,10 @@ class StepTask:
     inputs: Mapping[str, InputRef]
     params: Mapping[str, Any]
     artifact_url: str
+    metadata_url: str | None = None
+    """With ``run_id`` and ``step_id``: the workspace data code in the step records into."""
+    run_id: str | None = None
+    step_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,15 +164,22 @@ def run_task(task: StepTask) -> StepResult:
         error = _describe(exc)
         attempt = AttemptRecord(1, "failed", now, now, error, traceback.format_exc())
         return StepResult("failed", attempts=(attempt,), error=error, traceback=attempt.traceback)
-    return _attempts(step, kwargs, store)
+    workspace = (
+        Workspace(task.metadata_url, task.artifact_url, task.run_id, task.step_id)
+        if task.metadata_url
+        else None
+    )
+    return _attempts(step, kwargs, store, workspace)
 
 
-def _attempts(step: Step, kwargs: dict[str, Any], store: ArtifactStore) -> StepResult:
+def _attempts(
+    step: Step, kwargs: dict[str, Any], store: ArtifactStore, workspace: Workspace | None
+) -> StepResult:
     attempts: list[AttemptRecord] = []
     for number in range(1, step.retries + 2):
         started = time.time()
         try:
-            value, metrics = _call_with_timeout(step, kwargs)
+            value, metrics = _call_with_timeout(step, kwargs, workspace)
             output = store.put(value)
         except Exception as exc:
             error, tb = _describe(exc), traceback.format_exc()
@@ -180,22 +193,28 @@ def _attempts(step: Step, kwargs: dict[str, Any], store: ArtifactStore) -> StepR
     raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
 
-def _call(step: Step, kwargs: Mapping[str, Any]) -> tuple[Any, list[tuple[str, float, int]]]:
-    with step_context(step.name) as ctx:
+def _call(
+    step: Step, kwargs: Mapping[str, Any], workspace: Workspace | None
+) -> tuple[Any, list[tuple[str, float, int]]]:
+    # Set here, in the thread that runs the step: a new thread starts with no context.
+    with contextlib.ExitStack() as stack:
+        if workspace is not None:
+            stack.enter_context(use_workspace(workspace))
+        ctx = stack.enter_context(step_context(step.name))
         value = step.fn(**kwargs)
     return value, ctx.metrics
 
 
 def _call_with_timeout(
-    step: Step, kwargs: Mapping[str, Any]
+    step: Step, kwargs: Mapping[str, Any], workspace: Workspace | None
 ) -> tuple[Any, list[tuple[str, float, int]]]:
     if step.timeout is None:
-        return _call(step, kwargs)
+        return _call(step, kwargs, workspace)
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["result"] = _call(step, kwargs)
+            box["result"] = _call(step, kwargs, workspace)
         except BaseException as exc:
             box["error"] = exc
 

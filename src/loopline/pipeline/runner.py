@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loopline.config import Settings
+from loopline.data.workspace import Workspace, forget_stores, register_stores, use_workspace
 from loopline.errors import (
     ArtifactCorruptedError,
     ArtifactError,
@@ -107,9 +108,11 @@ class Runner:
         self.metadata = metadata or MetadataStore(settings.metadata_url)
         self.artifacts = artifacts or ArtifactStore(settings.artifact_url)
         self.reporter: Reporter = reporter or NullReporter()
+        register_stores(self.metadata, self.artifacts)  # steps in this process reuse them
 
     def close(self) -> None:
         """Release the metadata store's connections."""
+        forget_stores(self.metadata, self.artifacts)
         self.metadata.close()
 
     def __enter__(self) -> Runner:
@@ -147,7 +150,8 @@ class Runner:
             params={s: {k: param_value(v) for k, v in p.items()} for s, p in resolved.items()},
             options=options,
         )
-        return self._execute(run_id, pipeline, resolved, options, reuse={})
+        with use_workspace(self._workspace(run_id)):
+            return self._execute(run_id, pipeline, resolved, options, reuse={})
 
     def resume(
         self, run_id: str, *, executor: str | None = None, max_workers: int | None = None
@@ -180,7 +184,8 @@ class Runner:
             options=options,
             parent_run_id=parent.id,
         )
-        return self._execute(new_run, pipeline, resolved, options, reuse=reuse)
+        with use_workspace(self._workspace(new_run)):
+            return self._execute(new_run, pipeline, resolved, options, reuse=reuse)
 
     def output(self, run_id: str, step: str) -> Any:
         """Load the output of ``step`` in run ``run_id`` from the artifact store."""
@@ -212,6 +217,10 @@ class Runner:
         return run
 
     # -- execution -----------------------------------------------------------------------
+
+    def _workspace(self, run_id: str) -> Workspace:
+        """Where data code records for this run (cache keys read dataset versions there)."""
+        return Workspace(self.metadata.url, self.artifacts.url, run_id)
 
     def _execute(
         self,
@@ -291,7 +300,10 @@ class Runner:
                             for up in pipeline.upstream[name]
                         },
                         params=dict(resolved[name]),
-                        artifact_url=self.settings.artifact_url,
+                        artifact_url=self.artifacts.url,
+                        metadata_url=self.metadata.url,
+                        run_id=run_id,
+                        step_id=step_id,
                     )
                     future = pool.submit(task)
                     running[future] = _Running(name, step_id, key, inputs, time.time())
