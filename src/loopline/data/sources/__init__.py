@@ -10,13 +10,27 @@ from loopline.data.sources.base import (
     quarantined_rejects,
     rejects_table,
 )
+from loopline.data.sources.http import (
+    CursorPagination,
+    HTTPSource,
+    NextLinkPagination,
+    OffsetPagination,
+    Pagination,
+)
+from loopline.data.sources.sql import SQLSource
 
 __all__ = [
     "LOCATION",
     "QUARANTINE_SCHEMA",
     "REJECT_SCHEMA",
     "Chunk",
+    "CursorPagination",
+    "HTTPSource",
+    "NextLinkPagination",
+    "OffsetPagination",
+    "Pagination",
     "Partition",
+    "SQLSource",
     "Source",
     "quarantined_rejects",
     "rejects_table",
