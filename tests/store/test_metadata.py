@@ -655,8 +655,12 @@ def test_dataset_versions_are_numbered_per_name(store: MetadataStore) -> None:
     )
     second = store.add_dataset_version(name="trips", content_hash="b" * 64, parts=[], **common)
     other = store.add_dataset_version(name="planes", content_hash="d" * 64, parts=[], **common)
+    failed = store.add_dataset_version(
+        name="trips", content_hash="e" * 64, parts=[], status="failed", **common
+    )
 
-    assert (first.version, second.version, other.version) == (1, 2, 1)
+    assert (first.version, second.version, other.version, failed.version) == (1, 2, 1, 3)
+    assert (first.status, failed.status) == ("ok", "failed")
     assert (first.rows, first.rows_read, first.rows_quarantined) == (8, 9, 1)
     assert first.columns == [("id", "int64"), ("city", "string")]
     assert first.cursor == {"updated_at": "2013-01-01T00:00:00"}
@@ -664,12 +668,15 @@ def test_dataset_versions_are_numbered_per_name(store: MetadataStore) -> None:
     assert first.ref == "trips@1"
     assert store.dataset_parts(first.id) == [_part(0), _part(1, rows=5, quarantined=0)]
     assert store.dataset_parts(second.id) == []
-    assert store.get_dataset("trips") == second
+    assert store.get_dataset("trips") == second  # the newest that did not fail
+    assert store.latest_dataset("trips") == second
+    assert store.latest_dataset("nothing") is None
+    assert store.get_dataset("trips@3") == failed
     assert store.get_dataset("trips@1") == first
     assert store.get_dataset("trips", version=1) == first
     assert store.get_dataset(first.id[:8]) == first
-    assert [d.ref for d in store.list_datasets()] == ["planes@1", "trips@2", "trips@1"]
-    assert [d.ref for d in store.list_datasets(name="trips", limit=1)] == ["trips@2"]
+    assert [d.ref for d in store.list_datasets()] == ["trips@3", "planes@1", "trips@2", "trips@1"]
+    assert [d.ref for d in store.list_datasets(name="trips", limit=1)] == ["trips@3"]
     assert store.datasets_of_run(run_id) == [first]
 
 

@@ -52,6 +52,7 @@ __all__ = [
 
 RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
 STEP_STATUSES = ("running", "succeeded", "cached", "failed", "skipped")
+DATASET_STATUSES = ("ok", "warned", "failed")
 
 
 def new_id() -> str:
@@ -147,6 +148,8 @@ class DatasetRecord:
     id: str
     name: str
     version: int
+    status: str
+    """``ok``, ``warned`` (the contract warned), or ``failed`` (kept for its quarantine)."""
     content_hash: str
     rows: int
     rows_read: int
@@ -613,14 +616,21 @@ class MetadataStore:
         profile_hash: str | None = None,
         cursor: Any = None,
         warnings: Sequence[str] = (),
+        status: str = "ok",
         run_id: str | None = None,
         step_id: str | None = None,
     ) -> DatasetRecord:
-        """Record a new version of dataset ``name`` (numbered from 1) with its parts."""
+        """Record a new version of dataset ``name`` (numbered from 1) with its parts.
+
+        A ``failed`` version is kept so that its quarantine can be looked at; the newest
+        version of a name (``get_dataset(name)``) is the newest that did not fail.
+        """
+        _check_status(status, DATASET_STATUSES)
         dataset_id = new_id()
         row = {
             "id": dataset_id,
             "name": name,
+            "status": status,
             "content_hash": content_hash,
             "rows": sum(p.rows for p in parts),
             "rows_read": sum(p.rows_read for p in parts),
@@ -669,7 +679,10 @@ class MetadataStore:
                 )
             version = int(pinned)
         query = sa.select(t.datasets).where(t.datasets.c.name == name)
-        query = query.where(t.datasets.c.version == version) if version is not None else query
+        if version is not None:
+            query = query.where(t.datasets.c.version == version)
+        else:
+            query = query.where(t.datasets.c.status != "failed")
         with self._read() as conn:
             found = conn.execute(query.order_by(t.datasets.c.version.desc()).limit(1)).first()
             if found is None and version is None:
@@ -692,6 +705,18 @@ class MetadataStore:
                 dataset=ref,
             )
         return _dataset(found)
+
+    def latest_dataset(self, name: str) -> DatasetRecord | None:
+        """The newest version of ``name`` that did not fail, if any."""
+        query = (
+            sa.select(t.datasets)
+            .where((t.datasets.c.name == name) & (t.datasets.c.status != "failed"))
+            .order_by(t.datasets.c.version.desc())
+            .limit(1)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _dataset(row)
 
     def list_datasets(self, *, name: str | None = None, limit: int = 50) -> list[DatasetRecord]:
         """Dataset versions, newest first (of every dataset, or of ``name``)."""

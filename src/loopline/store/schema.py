@@ -160,6 +160,7 @@ datasets = Table(
     Column("id", String(32), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("version", Integer, nullable=False),
+    Column("status", String(20), nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("rows", BigInteger, nullable=False),
     Column("rows_read", BigInteger, nullable=False),

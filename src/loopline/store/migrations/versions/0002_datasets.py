@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("id", _ID, primary_key=True),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("status", sa.String(20), nullable=False),
         sa.Column("content_hash", _HASH, nullable=False),
         sa.Column("rows", sa.BigInteger, nullable=False),
         sa.Column("rows_read", sa.BigInteger, nullable=False),
