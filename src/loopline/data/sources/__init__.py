@@ -10,6 +10,7 @@ from loopline.data.sources.base import (
     quarantined_rejects,
     rejects_table,
 )
+from loopline.data.sources.files import FileSource
 from loopline.data.sources.http import (
     CursorPagination,
     HTTPSource,
@@ -25,6 +26,7 @@ __all__ = [
     "REJECT_SCHEMA",
     "Chunk",
     "CursorPagination",
+    "FileSource",
     "HTTPSource",
     "NextLinkPagination",
     "OffsetPagination",
