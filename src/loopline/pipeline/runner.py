@@ -339,7 +339,8 @@ class Runner:
             first, message = next(iter(failed.items()))
             more = f" ({len(failed) - 1} more step(s) failed)" if len(failed) > 1 else ""
             error = (
-                f"Step {first!r} failed: {message}{more}. Fix it, then run 'loopline resume "
+                f"Step {first!r} failed: {message.rstrip('.')}{more}. Fix it, then run "
+                f"'loopline resume "
                 f"{run_id}' to re-run only what failed and what depends on it."
             )
         self.metadata.finish_run(run_id, status, error=error)
