@@ -1,0 +1,390 @@
+"""Ingestion: a source, read through its contract, becomes a versioned dataset.
+
+Each partition of the source (a file, a query's new rows) becomes one Parquet *part*:
+the rows that passed, in source order, typed by the contract. The rows that did not pass
+go to a quarantine part beside it, each with its rule, column, reason, source and
+location. Every part records rows read = rows passed + rows quarantined, and ingestion
+stops with an error if that ever fails to hold.
+
+A dataset version is the ordered list of its parts; its content hash is the hash of the
+parts' hashes, so two ingests of the same data under the same contract give the same
+version hash. In incremental mode (the default) a partition whose fingerprint and
+contract are unchanged since the newest version reuses that version's part without being
+read again; a source with a cursor column reads only rows past the newest version's
+cursor and appends them as a new part.
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (folder / "trips.csv").write_text("id,km\\n1,2.5\\n2,x\\n")
+>>> from loopline.data.contract import Column, Contract
+>>> from loopline.data.sources.files import FileSource
+>>> ws = Workspace(f"sqlite:///{folder}/meta.db", str(folder / "artifacts"))
+>>> columns = {"id": Column("int64"), "km": Column("float64")}
+>>> contract = Contract("trips", columns, max_bad_fraction=0.5)
+>>> result = ingest(FileSource(str(folder / "trips.csv")), name="trips", contract=contract,
+...                 workspace=ws)
+>>> result.dataset.ref, result.dataset.rows, result.dataset.rows_quarantined
+('trips@1', 1, 1)
+>>> read_dataset("trips", workspace=ws).to_pylist()
+[{'id': 1, 'km': 2.5}]
+>>> read_quarantine(result.dataset, workspace=ws).column("rule").to_pylist()
+['type']
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from loopline.data.contract import Contract
+from loopline.data.profile import Profile, profile_table
+from loopline.data.sources.base import (
+    LOCATION,
+    QUARANTINE_SCHEMA,
+    Chunk,
+    Partition,
+    Source,
+    quarantined_rejects,
+)
+from loopline.data.workspace import Workspace, current_workspace
+from loopline.errors import ContractError
+from loopline.store.metadata import DatasetPartRecord, DatasetRecord
+
+__all__ = [
+    "Dataset",
+    "IngestResult",
+    "ingest",
+    "read_dataset",
+    "read_quarantine",
+]
+
+_COMPRESSION = "zstd"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one ingest produced: the new dataset version, and what it read and set aside."""
+
+    dataset: DatasetRecord
+    parts_read: int
+    """Partitions read this time (the others were reused from the previous version)."""
+    parts_reused: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def rows_read(self) -> int:
+        return self.dataset.rows_read
+
+    @property
+    def rows_passed(self) -> int:
+        return self.dataset.rows
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.dataset.rows_quarantined
+
+
+def ingest(
+    source: Source,
+    *,
+    name: str | None = None,
+    contract: Contract | None = None,
+    incremental: bool = True,
+    now: datetime | None = None,
+    workspace: Workspace | None = None,
+) -> IngestResult:
+    """Read ``source`` through ``contract`` into a new version of dataset ``name``.
+
+    ``name`` defaults to the contract's name, or the source's when there is no contract.
+
+    Raises ``ContractError`` when the contract fails the run (too many bad rows, stale or
+    too little data, a schema change its policy refuses); nothing is recorded then, but
+    the quarantine written so far stays in the artifact store.
+    """
+    ws = workspace or current_workspace()
+    name = name or (contract.name if contract is not None else source.name)
+    metadata = ws.metadata
+    previous = metadata.latest_dataset(name)
+    contract_hash = contract.fingerprint() if contract is not None else None
+
+    cursor_column: str | None = getattr(source, "cursor", None)
+    appending = bool(cursor_column) and incremental and previous is not None
+    if appending and previous is not None and previous.cursor is not None:
+        source = source.since(previous.cursor)  # type: ignore[attr-defined]
+
+    reusable: dict[str, DatasetPartRecord] = {}
+    kept: list[DatasetPartRecord] = []
+    if incremental and previous is not None and previous.contract_hash == contract_hash:
+        old_parts = metadata.dataset_parts(previous.id)
+        if appending:
+            kept = old_parts
+        else:
+            reusable = {p.partition_key: p for p in old_parts}
+
+    validator = contract.validator() if contract is not None else None
+    partitions = source.partitions()
+    parts: list[DatasetPartRecord] = list(kept)
+    profiles: list[Profile] = []
+    cursor_value = previous.cursor if appending and previous is not None else None
+    read = reused = 0
+    for partition in partitions:
+        position = len(parts)
+        old = reusable.get(partition.key)
+        if old is not None and old.partition_fingerprint == partition.fingerprint:
+            parts.append(replace(old, position=position))
+            reused += 1
+            continue
+        written = _ingest_partition(ws, source, partition, position, validator, cursor_column)
+        parts.append(written.part)
+        if written.cursor is not None:
+            cursor_value = written.cursor
+        read += 1
+
+    warnings: list[str] = []
+    failure: ContractError | None = None
+    if validator is not None:
+        try:
+            summary = validator.finish(
+                now=now or datetime.now(UTC), previous_rows=previous.rows if previous else None
+            )
+            warnings = list(summary.warnings)
+        except ContractError as exc:
+            failure = exc
+            warnings = [str(exc)]
+    for part in parts:
+        if part.profile_hash is not None:
+            profiles.append(Profile.from_json(ws.artifacts.read_bytes(part.profile_hash)))
+    profile_hash = None
+    if profiles:
+        merged = profiles[0]
+        for other in profiles[1:]:
+            merged = merged.merge(other)
+        profile_hash = ws.artifacts.put_bytes(merged.to_json(), kind="profile").content_hash
+
+    _check_counts(parts)
+    dataset = metadata.add_dataset_version(
+        name=name,
+        content_hash=_version_hash(parts),
+        columns=_columns(ws, parts, contract),
+        source=_describe(source, partitions),
+        source_fingerprint=_source_fingerprint(partitions),
+        parts=parts,
+        contract=contract.name if contract is not None else None,
+        contract_hash=contract_hash,
+        profile_hash=profile_hash,
+        cursor=cursor_value,
+        warnings=warnings,
+        status="failed" if failure else ("warned" if warnings else "ok"),
+        run_id=ws.run_id,
+        step_id=ws.step_id,
+    )
+    if failure is not None:
+        where = f"loopline quarantine {ws.run_id or dataset.id}"
+        raise ContractError(
+            f"{failure} Kept as failed version {dataset.ref}: '{where}' shows what was set aside.",
+            **{**failure.context, "dataset": dataset.ref},
+        ) from failure
+    return IngestResult(dataset, parts_read=read, parts_reused=reused, warnings=warnings)
+
+
+@dataclass(frozen=True)
+class _Written:
+    part: DatasetPartRecord
+    cursor: Any
+
+
+def _ingest_partition(
+    ws: Workspace,
+    source: Source,
+    partition: Partition,
+    position: int,
+    validator: Any,
+    cursor_column: str | None,
+) -> _Written:
+    artifacts = ws.artifacts
+    rows = rows_read = rows_quarantined = 0
+    cursor: Any = None
+    profile: Profile | None = None
+    with artifacts.writer("parquet") as data_out, artifacts.writer("parquet") as bad_out:
+        data_writer: pq.ParquetWriter | None = None
+        bad_writer = pq.ParquetWriter(bad_out.handle, QUARANTINE_SCHEMA, compression=_COMPRESSION)
+        try:
+            for chunk in source.read(partition):
+                rows_read += chunk.rows + chunk.rejects.num_rows
+                passed, quarantined = _check(chunk, validator)
+                passed = passed.drop_columns([LOCATION])
+                if data_writer is None:
+                    data_writer = pq.ParquetWriter(
+                        data_out.handle, passed.schema, compression=_COMPRESSION
+                    )
+                data_writer.write_table(passed.cast(data_writer.schema))
+                if quarantined.num_rows:
+                    bad_writer.write_table(quarantined)
+                rows += passed.num_rows
+                rows_quarantined += quarantined.num_rows
+                if passed.num_rows:
+                    chunk_profile = profile_table(passed)
+                    profile = chunk_profile if profile is None else profile.merge(chunk_profile)
+                    if cursor_column and cursor_column in passed.column_names:
+                        newest = pc.max(passed.column(cursor_column)).as_py()
+                        if newest is not None and (cursor is None or newest > cursor):
+                            cursor = newest
+            if data_writer is None:  # no chunk at all: an empty file
+                data_writer = pq.ParquetWriter(
+                    data_out.handle, pa.schema([]), compression=_COMPRESSION
+                )
+        finally:
+            # Closed on failure too (the writer() blocks then publish nothing).
+            if data_writer is not None:
+                data_writer.close()
+            bad_writer.close()
+    if rows + rows_quarantined != rows_read:
+        raise ContractError(
+            f"Ingesting {partition.key} read {rows_read} rows but accounted for "
+            f"{rows + rows_quarantined} ({rows} passed, {rows_quarantined} quarantined). "
+            f"This is a bug in loopline: please report it with the source.",
+            source=partition.source,
+        )
+    profile_hash = (
+        artifacts.put_bytes(profile.to_json(), kind="profile").content_hash if profile else None
+    )
+    part = DatasetPartRecord(
+        position=position,
+        partition_key=partition.key,
+        partition_fingerprint=partition.fingerprint,
+        content_hash=data_out.stored.content_hash,
+        size=data_out.stored.size,
+        rows=rows,
+        rows_read=rows_read,
+        rows_quarantined=rows_quarantined,
+        quarantine_hash=bad_out.stored.content_hash if rows_quarantined else None,
+        profile_hash=profile_hash,
+    )
+    return _Written(part, _plain(cursor))
+
+
+def _check(chunk: Chunk, validator: Any) -> tuple[pa.Table, pa.Table]:
+    if validator is None:
+        return pa.Table.from_batches([chunk.batch]), quarantined_rejects(chunk)
+    checked = validator.check(chunk)
+    return checked.passed, checked.quarantined
+
+
+def _plain(value: Any) -> Any:
+    """A cursor value as JSON can hold it (datetimes as ISO text)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _check_counts(parts: Sequence[DatasetPartRecord]) -> None:
+    for part in parts:
+        if part.rows + part.rows_quarantined != part.rows_read:
+            raise ContractError(
+                f"Part {part.partition_key} does not reconcile: {part.rows_read} rows read, "
+                f"{part.rows} passed, {part.rows_quarantined} quarantined.",
+                source=part.partition_key,
+            )
+
+
+def _version_hash(parts: Sequence[DatasetPartRecord]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(f"{part.content_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def _source_fingerprint(partitions: Sequence[Partition]) -> str:
+    digest = hashlib.sha256()
+    for partition in partitions:
+        digest.update(f"{partition.key}\0{partition.fingerprint}\n".encode())
+    return digest.hexdigest()
+
+
+def _describe(source: Source, partitions: Sequence[Partition]) -> str:
+    described = str(getattr(source, "description", "") or "")
+    if described:
+        return described
+    where = sorted({p.source for p in partitions})
+    return ", ".join(where[:3]) + (f" and {len(where) - 3} more" if len(where) > 3 else "")
+
+
+def _columns(
+    ws: Workspace, parts: Sequence[DatasetPartRecord], contract: Contract | None
+) -> list[tuple[str, str]]:
+    for part in parts:
+        with ws.artifacts.open(part.content_hash) as handle:
+            schema = pq.read_schema(handle)
+        if len(schema):
+            return [(f.name, str(f.type)) for f in schema]
+    if contract is not None:
+        return [(n, c.type) for n, c in contract.columns.items()]
+    return []
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _part_tables(
+    dataset: DatasetRecord, ws: Workspace, *, quarantine: bool = False
+) -> Iterator[pa.Table]:
+    for part in ws.metadata.dataset_parts(dataset.id):
+        content = part.quarantine_hash if quarantine else part.content_hash
+        if content is None:
+            continue
+        with ws.artifacts.open(content) as handle:
+            yield pq.read_table(handle)
+
+
+def read_dataset(dataset: DatasetRecord | str, *, workspace: Workspace | None = None) -> pa.Table:
+    """The rows of a dataset version (a record, ``name@version``, name or id), in order."""
+    ws = workspace or current_workspace()
+    record = dataset if isinstance(dataset, DatasetRecord) else ws.metadata.get_dataset(dataset)
+    tables = [t for t in _part_tables(record, ws) if t.num_columns]
+    if not tables:
+        return pa.table({name: pa.array([], pa.string()) for name, _ in record.columns})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read_quarantine(
+    dataset: DatasetRecord | str, *, workspace: Workspace | None = None
+) -> pa.Table:
+    """The rows a dataset version set aside, with rule, column, reason and location."""
+    ws = workspace or current_workspace()
+    record = dataset if isinstance(dataset, DatasetRecord) else ws.metadata.get_dataset(dataset)
+    tables = list(_part_tables(record, ws, quarantine=True))
+    return pa.concat_tables(tables) if tables else QUARANTINE_SCHEMA.empty_table()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset version as a step parameter: ``Dataset("flights")`` or ``("flights", 3)``.
+
+    The step's cache key depends on the version's content hash, so a step that reads the
+    newest version re-runs when a new version with other rows appears, and a step pinned
+    to a version reproduces its output byte for byte.
+    """
+
+    name: str
+    version: int | None = None
+
+    def record(self) -> DatasetRecord:
+        return current_workspace().metadata.get_dataset(self.name, self.version)
+
+    def fingerprint(self) -> str:
+        return self.record().content_hash
+
+    def to_param(self) -> Any:
+        return {"dataset": self.name, "version": self.version}
+
+    def read(self) -> pa.Table:
+        return read_dataset(self.record())
