@@ -206,7 +206,10 @@ def row(text: str, *cells: str) -> str:
 # -- help, version, init ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["", "init", "run", "resume", "runs", "show", "lineage"])
+@pytest.mark.parametrize(
+    "command",
+    ["", "init", "run", "resume", "runs", "show", "lineage", "datasets", "profile", "quarantine"],
+)
 def test_help_for_every_command(invoke: Invoke, command: str) -> None:
     result = invoke(*command.split(), "--help")
 
@@ -552,3 +555,67 @@ def test_subprocess_errors_are_one_line_without_traceback(tmp_path: Path) -> Non
     assert usage.returncode == 2
     assert "Traceback" not in usage.stderr
     assert "Error: Invalid value for '-p'" in usage.stderr
+
+
+# -- datasets, profile, quarantine ----------------------------------------------------------
+
+INGEST = """\
+from loopline import Column, Contract, FileSource, Files, ingest, step
+
+TRIPS = Contract(
+    "trips",
+    {
+        "id": Column("int64", nullable=False),
+        "city": Column("string", allowed=["Oslo", "Lima"]),
+        "km": Column("float64", min=0),
+    },
+    max_bad_fraction=0.5,
+)
+
+
+@step
+def trips(source: Files = Files("trips.csv")) -> str:
+    return ingest(FileSource(source.patterns), contract=TRIPS).dataset.ref
+"""
+
+
+def test_datasets_profile_and_quarantine(workdir: Path, invoke: Invoke) -> None:
+    write(workdir, "pipe.py", INGEST)
+    write(workdir, "trips.csv", 'id,city,km\n1,Oslo,2.5\n2,Paris,3\n3,Lima,4\n4,"Lima,x\n')
+    run_id = run_id_of(invoke("run", "pipe.py"))
+
+    listed = invoke("datasets")
+    profiled = invoke("profile", "trips@1")
+    shown = invoke("quarantine", run_id)
+    only_parse = invoke("quarantine", "trips", "--rule", "parse", "--output", "bad.csv")
+
+    assert listed.code == 0, listed.err
+    assert cells(row(listed.out, "trips@1"))[2:4] == ["2", "2 (50.0%)"]
+    assert run_id in row(listed.out, "trips@1")
+    assert profiled.code == 0, profiled.err
+    assert "Dataset trips@1" in profiled.out
+    assert "Lima 50%" in profiled.out
+    assert shown.code == 0, shown.err
+    assert "trips@1: 4 rows read = 2 passed + 2 quarantined" in shown.out
+    assert cells(row(shown.out, "│ allowed │ city"))[3] == "1"
+    assert "trips.csv:3" in shown.out
+    assert "trips.csv:5" in shown.out
+    assert only_parse.code == 0, only_parse.err
+    assert "allowed" not in only_parse.out.split("Why", 1)[1]
+    assert "Wrote 1 rows to bad.csv." in only_parse.out
+    assert (workdir / "bad.csv").read_text().count("\n") == 2
+
+
+def test_dataset_commands_with_unknown_names_exit_2(workdir: Path, invoke: Invoke) -> None:
+    empty = invoke("datasets")
+    unknown = invoke("profile", "nothing@2")
+    neither = invoke("quarantine", "nothing")
+
+    assert (empty.code, empty.out.strip()) == (
+        0,
+        "No datasets yet. A pipeline step creates one with loopline.ingest(...).",
+    )
+    assert unknown.code == 2
+    assert "There is no version 2 of dataset 'nothing'" in one_line(unknown.err)
+    assert neither.code == 2
+    assert "There is no dataset 'nothing'" in one_line(neither.err)

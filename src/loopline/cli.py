@@ -185,6 +185,143 @@ def lineage(
     out.print(tree)
 
 
+@app.command()
+def datasets(
+    name: Annotated[str | None, typer.Argument(help="Only versions of this dataset.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many versions to list.")] = 20,
+) -> None:
+    """List dataset versions: rows passed and quarantined, source, contract."""
+    table = Table(
+        Column("dataset", no_wrap=True),
+        _id_column("id"),
+        "rows",
+        "quarantined",
+        Column("created", no_wrap=True),
+        "source",
+        "contract",
+        _id_column("run"),
+    )
+    with _runner() as runner:
+        records = runner.metadata.list_datasets(name=name, limit=limit)
+    for record in records:
+        table.add_row(
+            record.ref,
+            record.id,
+            f"{record.rows:,}",
+            _quarantined(record.rows_quarantined, record.rows_read),
+            _when(record.created_at, seconds=False),
+            record.source,
+            record.contract or "",
+            record.run_id or "",
+        )
+    if records:
+        out.print(table)
+    else:
+        out.print("No datasets yet. A pipeline step creates one with loopline.ingest(...).")
+
+
+@app.command()
+def profile(
+    dataset: Annotated[
+        str, typer.Argument(metavar="DATASET", help="NAME, NAME@VERSION or a version id.")
+    ],
+) -> None:
+    """Show a dataset version's column statistics."""
+    from loopline.data.profile import Profile, render_profile
+
+    with _runner() as runner:
+        record = runner.metadata.get_dataset(dataset)
+        data = runner.artifacts.read_bytes(record.profile_hash) if record.profile_hash else None
+    out.print(
+        f"Dataset {record.ref} ({record.id}): {record.rows:,} rows, "
+        f"{len(record.columns)} columns, from {record.source}"
+    )
+    if data is None:
+        out.print("It has no rows, so no statistics.")
+        return
+    out.print(render_profile(Profile.from_json(data)))
+
+
+@app.command()
+def quarantine(
+    ref: Annotated[
+        str, typer.Argument(metavar="RUN", help="A run id (or prefix), or a dataset version.")
+    ],
+    limit: Annotated[int, typer.Option(min=0, help="How many set-aside rows to show.")] = 20,
+    rule: Annotated[str | None, typer.Option(help="Only rows that broke this rule.")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write every set-aside row to this .parquet or .csv.")
+    ] = None,
+) -> None:
+    """Show the rows a run's ingests set aside, and why."""
+    import polars as pl
+
+    from loopline.data.ingest import read_quarantine
+    from loopline.data.workspace import Workspace
+
+    with _runner() as runner:
+        workspace = Workspace(runner.metadata.url, runner.artifacts.url)
+        try:
+            records = runner.metadata.datasets_of_run(runner.metadata.get_run(ref).id)
+        except RunNotFoundError:
+            records = [runner.metadata.get_dataset(ref)]
+        frames = [
+            pl.from_arrow(read_quarantine(r, workspace=workspace)).with_columns(  # type: ignore[union-attr]
+                pl.lit(r.ref).alias("dataset")
+            )
+            for r in records
+        ]
+    if not records:
+        out.print(f"Run {ref} ingested no datasets.")
+        return
+    bad = pl.concat(frames) if frames else pl.DataFrame()
+    if rule is not None:
+        bad = bad.filter(pl.col("rule") == rule)
+    for record in records:
+        out.print(
+            f"{record.ref}: {record.rows_read:,} rows read = {record.rows:,} passed + "
+            f"{record.rows_quarantined:,} quarantined"
+        )
+    if bad.is_empty():
+        out.print("Nothing was set aside." if rule is None else f"No row broke rule {rule!r}.")
+        return
+    counts = (
+        bad.group_by("dataset", "rule", "column")
+        .agg(pl.len().alias("rows"), pl.col("reason").first().alias("example"))
+        .sort(["dataset", "rows"], descending=[False, True])
+    )
+    summary = Table("dataset", "rule", "column", "rows", "example reason", title="Why")
+    for entry in counts.iter_rows(named=True):
+        summary.add_row(
+            entry["dataset"],
+            entry["rule"],
+            entry["column"] or "",
+            f"{entry['rows']:,}",
+            entry["example"],
+        )
+    out.print(summary)
+    if limit:
+        rows = Table("where", "rule", "reason", "row", title=f"First {min(limit, bad.height)} rows")
+        for entry in bad.head(limit).iter_rows(named=True):
+            rows.add_row(
+                f"{entry['source']}:{entry['location']}",
+                entry["rule"],
+                entry["reason"],
+                Text(str(entry["row"] or "")[:200]),
+            )
+        out.print(rows)
+    if output is not None:
+        if output.suffix == ".csv":
+            bad.write_csv(output)
+        else:
+            bad.write_parquet(output)
+        out.print(f"Wrote {bad.height:,} rows to {output}.")
+
+
+def _quarantined(count: int, read: int) -> str:
+    return f"{count:,} ({count / read:.1%})" if read else "0"
+
+
 # -- helpers --------------------------------------------------------------------------------
 
 
