@@ -24,8 +24,10 @@ from loopline.store.metadata import MetadataStore
 
 __all__ = [
     "Workspace",
+    "artifact_store",
     "current_workspace",
     "forget_stores",
+    "metadata_store",
     "register_stores",
     "use_workspace",
 ]
@@ -42,11 +44,11 @@ class Workspace:
 
     @property
     def metadata(self) -> MetadataStore:
-        return _metadata(self.metadata_url)
+        return metadata_store(self.metadata_url)
 
     @property
     def artifacts(self) -> ArtifactStore:
-        return _artifacts(self.artifact_url)
+        return artifact_store(self.artifact_url)
 
 
 _current: contextvars.ContextVar[Workspace | None] = contextvars.ContextVar(
@@ -92,7 +94,8 @@ def forget_stores(metadata: MetadataStore, artifacts: ArtifactStore) -> None:
             del _ARTIFACTS[artifacts.url]
 
 
-def _metadata(url: str) -> MetadataStore:
+def metadata_store(url: str) -> MetadataStore:
+    """The metadata store at ``url``, opened once per process."""
     with _LOCK:
         store = _METADATA.get(url)
         if store is None:
@@ -100,7 +103,8 @@ def _metadata(url: str) -> MetadataStore:
         return store
 
 
-def _artifacts(url: str) -> ArtifactStore:
+def artifact_store(url: str) -> ArtifactStore:
+    """The artifact store at ``url``, opened once per process."""
     with _LOCK:
         store = _ARTIFACTS.get(url)
         if store is None:

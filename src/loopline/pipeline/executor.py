@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
-from loopline.data.workspace import Workspace, use_workspace
+from loopline.data.workspace import Workspace, artifact_store, use_workspace
 from loopline.errors import LooplineError, StepTimeoutError
 from loopline.pipeline.context import step_context
 from loopline.pipeline.dag import load_pipeline
@@ -135,18 +135,6 @@ def make_executor(kind: str, max_workers: int) -> ThreadExecutor | ProcessExecut
     )
 
 
-_STORES: dict[str, ArtifactStore] = {}
-_STORES_LOCK = threading.Lock()
-
-
-def _artifact_store(url: str) -> ArtifactStore:
-    with _STORES_LOCK:
-        store = _STORES.get(url)
-        if store is None:
-            store = _STORES[url] = ArtifactStore(url)
-        return store
-
-
 def run_task(task: StepTask) -> StepResult:
     """Run a step's attempts: read inputs, call it (retrying), store its output.
 
@@ -155,7 +143,7 @@ def run_task(task: StepTask) -> StepResult:
     """
     try:
         step = load_pipeline(task.pipeline).steps[task.step]
-        store = _artifact_store(task.artifact_url)
+        store = artifact_store(task.artifact_url)
         kwargs = dict(task.params)
         for arg, ref in task.inputs.items():
             kwargs[arg] = store.get(ref.content_hash, ref.kind)
