@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import sqlite3
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -218,3 +223,70 @@ def test_every_row_read_is_passed_or_quarantined(
         assert pa.compute.min(passed.column("km")).as_py() is None or (
             pa.compute.min(passed.column("km")).as_py() >= 0
         )
+
+
+def _many_chunks(path: Path) -> FileSource:
+    """A file read in about 40 chunks, so that the ingest pipeline has many in flight."""
+    lines = [f"{i},{('Oslo', 'Lima', 'Paris')[i % 3]},{(i * 7) % 23 - 2}" for i in range(4_000)]
+    write(path, "id,city,km\n" + "\n".join(lines) + "\n")
+    return FileSource(str(path), block_size=1_024)
+
+
+def test_the_pipelined_ingest_gives_the_same_bytes_every_time(tmp_path: Path) -> None:
+    source = _many_chunks(tmp_path / "in.csv")
+    lenient = Contract("trips", dict(TRIPS.columns), on_bad="warn")
+    outputs = set()
+    for run in range(3):
+        ws = Workspace(f"sqlite:///{tmp_path}/meta{run}.db", str(tmp_path / f"artifacts{run}"))
+        dataset = ingest(source, contract=lenient, workspace=ws).dataset
+        (part,) = ws.metadata.dataset_parts(dataset.id)
+        outputs.add((part.content_hash, part.quarantine_hash, part.profile_hash))
+        assert dataset.rows_read == 4_000
+        assert 0 < dataset.rows_quarantined < 4_000
+    assert len(outputs) == 1
+    passed = read_dataset(dataset, workspace=ws)
+    assert passed.column("id").to_pylist() == sorted(passed.column("id").to_pylist())
+
+
+def test_an_error_while_reading_stops_the_pipeline_and_reaches_the_caller(
+    tmp_path: Path, ws: Workspace
+) -> None:
+    class Failing(FileSource):
+        def read(self, partition: Any) -> Iterator[Any]:
+            with contextlib.closing(super().read(partition)) as chunks:
+                yield next(chunks)
+                yield next(chunks)
+                raise OSError("the disk went away")
+
+    source = _many_chunks(tmp_path / "in.csv")
+    before = set(threading.enumerate())
+
+    with pytest.raises(OSError, match="the disk went away"):
+        ingest(Failing(source.patterns[0], block_size=1_024), contract=TRIPS, workspace=ws)
+
+    assert set(threading.enumerate()) <= before
+    assert ws.metadata.latest_dataset("trips") is None
+
+
+def test_an_error_in_the_last_stage_stops_the_threads_ahead_of_it(
+    tmp_path: Path, ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The package re-exports the function ``ingest`` under the module's name.
+    ingest_module = importlib.import_module("loopline.data.ingest")
+    profile_table = ingest_module.profile_table
+    calls: list[int] = []
+
+    def failing_profile(table: pa.Table) -> Any:
+        calls.append(table.num_rows)
+        if len(calls) == 3:
+            raise RuntimeError("profile failed")
+        return profile_table(table)
+
+    monkeypatch.setattr(ingest_module, "profile_table", failing_profile)
+    before = set(threading.enumerate())
+
+    with pytest.raises(RuntimeError, match="profile failed"):
+        ingest(_many_chunks(tmp_path / "in.csv"), contract=TRIPS, workspace=ws)
+
+    assert len(calls) == 3
+    assert set(threading.enumerate()) <= before

