@@ -10,9 +10,11 @@
     │   │   ├── ArtifactNotFoundError (KeyError)  no stored bytes under that hash or id
     │   │   └── ArtifactCorruptedError            stored bytes no longer match their hash
     │   ├── UnsupportedArtifactError (TypeError)  a step returned a value no codec can store
-    │   └── DatasetNotFoundError (KeyError)       no dataset version by that name or id
+    │   ├── DatasetNotFoundError (KeyError)       no dataset version by that name or id
+    │   └── OnlineStoreError                      the online feature store cannot be reached or used
     ├── SourceError (OSError)                    external data cannot be found or read
     ├── ContractError (ValueError)               data broke a declared contract
+    ├── FeatureError (ValueError)                a feature definition or its data is invalid
     └── PipelineError
         ├── PipelineLoadError (ImportError)      a pipeline file or module does not import
         ├── PipelineDefinitionError (ValueError) cycles, missing upstream names, bad parameters
@@ -33,8 +35,10 @@ __all__ = [
     "ConfigError",
     "ContractError",
     "DatasetNotFoundError",
+    "FeatureError",
     "LooplineError",
     "MetadataStoreError",
+    "OnlineStoreError",
     "PipelineDefinitionError",
     "PipelineError",
     "PipelineLoadError",
@@ -100,12 +104,20 @@ class DatasetNotFoundError(StoreError, KeyError):
     """No dataset version has the requested name, version or id."""
 
 
+class OnlineStoreError(StoreError):
+    """The online feature store cannot be reached, read or written."""
+
+
 class SourceError(LooplineError, OSError):
     """External data (files, a SQL query) cannot be found or read."""
 
 
 class ContractError(LooplineError, ValueError):
     """Data does not satisfy its declared contract."""
+
+
+class FeatureError(LooplineError, ValueError):
+    """A feature definition, or the data it is computed from, is invalid."""
 
 
 class PipelineError(LooplineError):

@@ -776,3 +776,47 @@ def test_concurrent_writers_from_two_processes(metadata_url: str, tmp_path: Path
                 float(i) for i in range(count)
             ]
     assert _rows(metadata_url, "SELECT count(*) FROM attempts") == [(2 * count,)]
+
+
+# -- feature views and materializations ------------------------------------------------------
+
+
+def test_feature_view_versions_are_recorded_once_each(store: MetadataStore) -> None:
+    first = store.register_feature_view(
+        name="carrier_delays", version="a" * 64, kind="WindowView", definition={"ttl_us": None}
+    )
+    again = store.register_feature_view(
+        name="carrier_delays", version="a" * 64, kind="WindowView", definition={"ttl_us": None}
+    )
+    store.register_feature_view(
+        name="carrier_delays", version="b" * 64, kind="WindowView", definition={"ttl_us": 5}
+    )
+    assert again == first
+    assert first.definition == {"ttl_us": None}
+    versions = store.feature_view_versions("carrier_delays")
+    assert {v.version for v in versions} == {"a" * 64, "b" * 64}
+    assert store.feature_view_versions("other") == []
+
+
+def test_materializations_are_listed_newest_first(store: MetadataStore) -> None:
+    older = store.add_materialization(
+        view="weather",
+        version="c" * 64,
+        online_url="sqlite:///x.db",
+        start=None,
+        end=10.0,
+        rows=3,
+        newest_event=9.5,
+    )
+    newer = store.add_materialization(
+        view="weather",
+        version="c" * 64,
+        online_url="sqlite:///x.db",
+        start=10.0,
+        end=20.0,
+        rows=0,
+        newest_event=None,
+    )
+    assert store.materializations("weather") == [newer, older]
+    assert store.materializations("planes") == []
+    assert (older.end, older.newest_event) == (10.0, 9.5)

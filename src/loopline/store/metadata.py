@@ -43,6 +43,8 @@ __all__ = [
     "AttemptRecord",
     "DatasetPartRecord",
     "DatasetRecord",
+    "FeatureViewRecord",
+    "MaterializationRecord",
     "MetadataStore",
     "MetricRecord",
     "RunRecord",
@@ -170,6 +172,34 @@ class DatasetRecord:
     def ref(self) -> str:
         """How a person names this version: ``name@version``."""
         return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class FeatureViewRecord:
+    """A version of a feature definition: its name, sha256 and JSON description."""
+
+    name: str
+    version: str
+    kind: str
+    definition: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class MaterializationRecord:
+    """One fill of the online store with a feature view's values."""
+
+    id: str
+    view: str
+    version: str
+    online_url: str
+    start: float | None
+    end: float
+    rows: int
+    newest_event: float | None
+    """The newest event time written (UNIX seconds); the view's freshness is now minus it."""
+    run_id: str | None
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -750,6 +780,80 @@ class MetadataStore:
                 for r in conn.execute(query)
             ]
 
+    # -- features ------------------------------------------------------------------------
+
+    def register_feature_view(
+        self, *, name: str, version: str, kind: str, definition: Mapping[str, Any]
+    ) -> FeatureViewRecord:
+        """Record a version of a feature definition (once: registering it again is a no-op)."""
+        row = {
+            "name": name,
+            "version": version,
+            "kind": kind,
+            "definition": _dumps(dict(definition)),
+            "created_at": time.time(),
+        }
+        key = (t.feature_views.c.name == name) & (t.feature_views.c.version == version)
+        with self._write() as conn:
+            found = conn.execute(sa.select(t.feature_views).where(key)).first()
+            if found is None:
+                conn.execute(t.feature_views.insert(), row)
+                found = conn.execute(sa.select(t.feature_views).where(key)).one()
+        return _feature_view(found)
+
+    def feature_view_versions(self, name: str | None = None) -> list[FeatureViewRecord]:
+        """Recorded feature definition versions, newest first (of every view, or ``name``)."""
+        query = sa.select(t.feature_views).order_by(
+            t.feature_views.c.created_at.desc(), t.feature_views.c.name
+        )
+        if name is not None:
+            query = query.where(t.feature_views.c.name == name)
+        with self._read() as conn:
+            return [_feature_view(r) for r in conn.execute(query)]
+
+    def add_materialization(
+        self,
+        *,
+        view: str,
+        version: str,
+        online_url: str,
+        start: float | None,
+        end: float,
+        rows: int,
+        newest_event: float | None,
+        run_id: str | None = None,
+    ) -> MaterializationRecord:
+        """Record that ``rows`` values of ``view`` were written to the online store."""
+        row: dict[str, Any] = {
+            "id": new_id(),
+            "view": view,
+            "version": version,
+            "online_url": online_url,
+            "start": start,
+            "end": end,
+            "rows": rows,
+            "newest_event": newest_event,
+            "run_id": run_id,
+            "created_at": time.time(),
+        }
+        with self._write() as conn:
+            conn.execute(t.materializations.insert(), row)
+        return MaterializationRecord(**row)
+
+    def materializations(
+        self, view: str | None = None, *, limit: int = 50
+    ) -> list[MaterializationRecord]:
+        """Materializations, newest first (of every view, or of ``view``)."""
+        query = sa.select(t.materializations).order_by(
+            t.materializations.c.created_at.desc(), t.materializations.c.id
+        )
+        if view is not None:
+            query = query.where(t.materializations.c.view == view)
+        with self._read() as conn:
+            return [
+                MaterializationRecord(**dict(r._mapping)) for r in conn.execute(query.limit(limit))
+            ]
+
     # -- cache ---------------------------------------------------------------------------
 
     def lookup_cache(self, cache_key: str) -> tuple[ArtifactRecord, str] | None:
@@ -908,6 +1012,12 @@ def _dataset(row: Any) -> DatasetRecord:
     values["cursor"] = None if values["cursor"] is None else orjson.loads(values["cursor"])
     values["warnings"] = orjson.loads(values["warnings"])
     return DatasetRecord(**values)
+
+
+def _feature_view(row: Any) -> FeatureViewRecord:
+    values = dict(row._mapping)
+    values["definition"] = orjson.loads(values["definition"])
+    return FeatureViewRecord(**values)
 
 
 def _edge(

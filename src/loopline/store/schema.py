@@ -29,7 +29,9 @@ __all__ = [
     "cache",
     "dataset_parts",
     "datasets",
+    "feature_views",
     "lineage",
+    "materializations",
     "metrics",
     "params",
     "runs",
@@ -37,7 +39,7 @@ __all__ = [
     "tags",
 ]
 
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 """The newest Alembic revision; the store migrates any older database up to it."""
 
 METADATA = MetaData()
@@ -196,3 +198,32 @@ dataset_parts = Table(
     Column("profile_hash", String(64)),
 )
 """The Parquet parts of a dataset version, one per source partition, in order."""
+
+feature_views = Table(
+    "feature_views",
+    METADATA,
+    Column("name", String(200), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("kind", String(40), nullable=False),
+    Column("definition", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+"""Feature definitions by name and version (the sha256 of the definition), as JSON."""
+
+materializations = Table(
+    "materializations",
+    METADATA,
+    Column("id", String(32), primary_key=True),
+    Column("view", String(200), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("online_url", Text, nullable=False),
+    Column("start", Float),
+    Column("end", Float, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("newest_event", Float),
+    Column("run_id", String(32)),
+    Column("created_at", Float, nullable=False),
+    Index("ix_materializations_view", "view", "created_at"),
+)
+"""Each fill of the online store from offline data: the view version, the interval, rows
+written and the newest event time written (freshness is now minus that)."""
