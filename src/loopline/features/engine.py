@@ -1,0 +1,326 @@
+"""The batch engine: a view's rows, point-in-time joins and windowed aggregations on Polars.
+
+Every path that computes a feature value goes through the two functions here:
+``latest_values`` (a ``FeatureView`` as of each query time) and ``window_values`` (a
+``WindowView``'s aggregations as of each query time). The training-set builder calls them
+for label rows; materialization calls them for (entity, end) rows; so the online store
+holds exactly what a training set would have seen at that time.
+
+Time rule: every timestamp is normalized to UTC with microsecond precision. A naive
+timestamp (no time zone) is taken to be UTC; an aware one is converted. A ``Date`` is
+midnight UTC. Anything else (strings, integers) is an error: parse it in ``transform``.
+
+Work is vectorized and sorted, never a Python loop over rows. Rows are processed by entity
+key (``over``/``by``), so the work splits by entity across workers without changing any
+value.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from loopline.errors import FeatureError
+from loopline.features.definition import FeatureView, View, WindowView
+
+if TYPE_CHECKING:
+    from loopline.data.workspace import Workspace
+
+__all__ = [
+    "QUERY_TIME",
+    "ROW",
+    "align_keys",
+    "latest_values",
+    "to_utc",
+    "view_rows",
+    "window_values",
+]
+
+ROW = "__loopline_row"
+"""The column that carries a query row's position, so results return in input order."""
+QUERY_TIME = "__loopline_t"
+"""The query time column of the frames the engine takes."""
+EVENT_TIME = "__loopline_ts"
+CREATED_TIME = "__loopline_created"
+_IS_QUERY = "__loopline_query"
+UTC = pl.Datetime("us", "UTC")
+
+
+def _us(duration: timedelta) -> str:
+    return f"{duration // timedelta(microseconds=1)}us"
+
+
+def to_utc(frame: pl.DataFrame, column: str, *, owner: str) -> pl.DataFrame:
+    """Return ``frame`` with ``column`` as a UTC microsecond timestamp (see the time rule)."""
+    dtype = frame.schema[column]
+    if isinstance(dtype, pl.Datetime):
+        expr = pl.col(column)
+        expr = (
+            expr.dt.replace_time_zone("UTC")
+            if dtype.time_zone is None
+            else expr.dt.convert_time_zone("UTC")
+        )
+        return frame.with_columns(expr.cast(UTC))
+    if dtype == pl.Date:
+        return frame.with_columns(
+            pl.col(column).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        )
+    raise FeatureError(
+        f"Column {column!r} of {owner} must hold timestamps (Datetime or Date); it holds "
+        f"{dtype}. Parse it first, for example with "
+        f"pl.col({column!r}).str.to_datetime() in the view's transform.",
+        column=column,
+    )
+
+
+def view_rows(view: View, *, workspace: Workspace | None = None) -> pl.DataFrame:
+    """The view's source rows after ``where`` and ``transform``, with their columns checked.
+
+    The result holds the entity keys, the event timestamp (UTC), the ``created`` column
+    of a ``FeatureView`` (UTC) when it has one, and the value columns, in source order.
+    """
+    owner = f"{type(view).__name__} {view.name!r}"
+    source = view.source
+    try:
+        if isinstance(source, str):
+            from loopline.data.ingest import read_dataset
+
+            loaded = pl.from_arrow(read_dataset(source, workspace=workspace))
+            assert isinstance(loaded, pl.DataFrame)  # a Table always gives a frame
+            lazy = loaded.lazy()
+        else:
+            frame = source() if callable(source) else source
+            if not isinstance(frame, (pl.DataFrame, pl.LazyFrame)):
+                raise FeatureError(
+                    f"The source function of {owner} must return a Polars frame; it "
+                    f"returned {type(frame).__name__}.",
+                    view=view.name,
+                )
+            lazy = frame.lazy()
+        if view.where is not None:
+            lazy = lazy.filter(view.where)
+        if view.transform:
+            lazy = lazy.with_columns(*view.transform)
+        names = lazy.collect_schema().names()
+    except pl.exceptions.PolarsError as exc:
+        raise FeatureError(
+            f"The source of {owner} could not be computed: {exc}", view=view.name
+        ) from exc
+    created = view.created if isinstance(view, FeatureView) else None
+    values = view.features if isinstance(view, FeatureView) else view.columns
+    needed = [*view.keys, view.timestamp, *([created] if created else []), *values]
+    missing = [c for c in dict.fromkeys(needed) if c not in names]
+    if missing:
+        raise FeatureError(
+            f"{owner} needs the column(s) {missing}, which its source lacks; it has "
+            f"{names}. Add them in the source or compute them in transform=[...].",
+            view=view.name,
+        )
+    try:
+        frame = lazy.select(list(dict.fromkeys(needed))).collect()
+    except pl.exceptions.PolarsError as exc:
+        raise FeatureError(
+            f"The source of {owner} could not be computed: {exc}", view=view.name
+        ) from exc
+    frame = to_utc(frame, view.timestamp, owner=owner)
+    if created:
+        frame = to_utc(frame, created, owner=owner)
+    return frame
+
+
+def align_keys(
+    query: pl.DataFrame, rows: pl.DataFrame, keys: Sequence[str], *, owner: str, query_name: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Give each key column one type on both sides, or say why the two cannot be joined.
+
+    Integers of any width join as Int64 and text (String, Categorical, Enum) as String;
+    any other pair of different types is an error, as joining ``1`` to ``"1"`` is almost
+    always a mistake.
+    """
+    casts_q: list[pl.Expr] = []
+    casts_r: list[pl.Expr] = []
+    for key in keys:
+        left, right = query.schema[key], rows.schema[key]
+        if left == right and not isinstance(left, (pl.Categorical, pl.Enum)):
+            continue
+        if left.is_integer() and right.is_integer():
+            target: pl.DataType = pl.Int64()
+        elif _is_text(left) and _is_text(right):
+            target = pl.String()
+        elif left == pl.Null or right == pl.Null:
+            target = right if left == pl.Null else left
+        else:
+            raise FeatureError(
+                f"Key {key!r} is {left} in {query_name} but {right} in {owner}; the two "
+                f"cannot be joined. Cast one side, for example with pl.col({key!r}).cast("
+                f"pl.{right}) on {query_name}.",
+                column=key,
+            )
+        casts_q.append(pl.col(key).cast(target))
+        casts_r.append(pl.col(key).cast(target))
+    if casts_q:
+        query, rows = query.with_columns(casts_q), rows.with_columns(casts_r)
+    return query, rows
+
+
+def _is_text(dtype: pl.DataType) -> bool:
+    return dtype == pl.String or isinstance(dtype, (pl.Categorical, pl.Enum))
+
+
+def latest_values(
+    query: pl.DataFrame,
+    view: FeatureView,
+    rows: pl.DataFrame,
+    *,
+    ttl: timedelta | None,
+    keep_times: bool = False,
+) -> pl.DataFrame:
+    """For each query row (``ROW``, keys, ``QUERY_TIME``), the view's row as of that time.
+
+    The winner is the row with the latest event time ts <= t and ts >= t - ttl, ties on
+    ts to the larger created time (a null created loses), exact ties to the last row in
+    source order. Returns ``ROW`` and the features under their output names (and, with
+    ``keep_times``, the winner's event and created times), in no particular order.
+    """
+    keys = list(view.keys)
+    right = rows.select(
+        *keys,
+        pl.col(view.timestamp).alias(EVENT_TIME),
+        *([pl.col(view.created).alias(CREATED_TIME)] if view.created else []),
+        *[pl.col(c).alias(n) for c, n in zip(view.features, view.feature_names, strict=True)],
+    ).drop_nulls([*keys, EVENT_TIME])
+    order = [EVENT_TIME, CREATED_TIME] if view.created else [EVENT_TIME]
+    # A stable sort: among equal (ts, created) the last row in source order is last, and
+    # the as-of join takes the last of equal keys.
+    right = right.sort(order, maintain_order=True, nulls_last=False)
+    left = query.select(ROW, *keys, QUERY_TIME).sort(QUERY_TIME, maintain_order=True)
+    with warnings.catch_warnings():
+        # Sortedness inside the key groups follows from the global sort above.
+        warnings.simplefilter("ignore", UserWarning)
+        joined = left.join_asof(
+            right,
+            left_on=QUERY_TIME,
+            right_on=EVENT_TIME,
+            by=keys,
+            strategy="backward",
+            tolerance=ttl,
+            check_sortedness=False,
+        )
+    times = [EVENT_TIME, *([CREATED_TIME] if view.created else [])] if keep_times else []
+    return joined.select(ROW, *view.feature_names, *times)
+
+
+def hop_floor(column: str, hop: timedelta | None) -> pl.Expr:
+    """The time in ``column`` moved down to a multiple of ``hop`` since the Unix epoch."""
+    if hop is None:
+        return pl.col(column)
+    step = hop // timedelta(microseconds=1)
+    return (
+        ((pl.col(column).dt.epoch("us") // step) * step)
+        .cast(pl.Datetime("us"))
+        .dt.replace_time_zone("UTC")
+    )
+
+
+def window_values(query: pl.DataFrame, view: WindowView, rows: pl.DataFrame) -> pl.DataFrame:
+    """For each query row (``ROW``, keys, ``QUERY_TIME``), the view's aggregations.
+
+    ``Aggregate(c, f, w)`` at time t (moved down to the hop) covers the entity's events
+    with event time in [t - w, t). Returns ``ROW`` and the features, in no particular
+    order. A query row with a null key or time gets nulls throughout; an entity with no
+    events in the window gets 0 for count, distinct and sum and null for the rest.
+    """
+    keys = list(view.keys)
+    points = query.select(ROW, *keys, hop_floor(QUERY_TIME, view.hop).alias(QUERY_TIME))
+    targets = points.drop_nulls([*keys, QUERY_TIME]).select(*keys, QUERY_TIME).unique()
+    events = (
+        rows.select(*keys, pl.col(view.timestamp).alias(QUERY_TIME), *view.columns)
+        .drop_nulls([*keys, QUERY_TIME])
+        .with_columns(pl.lit(False).alias(_IS_QUERY))
+    )
+    probes = targets.with_columns(
+        *[pl.lit(None, dtype=events.schema[c]).alias(c) for c in view.columns],
+        pl.lit(True).alias(_IS_QUERY),
+    ).select(events.columns)
+    # Events before probes at equal times: the order only matters to 'last' and 'distinct'
+    # (below), whose windows are half-open anyway.
+    timeline = pl.concat([events, probes]).sort([*keys, QUERY_TIME], maintain_order=True)
+
+    rolling: list[pl.Expr] = []
+    for agg in view.aggregations:
+        w = _us(agg.window)
+        col = pl.col(agg.column)
+        if agg.function == "count":
+            expr = col.is_not_null().cast(pl.UInt32).rolling_sum_by(QUERY_TIME, w, closed="left")
+        elif agg.function == "sum":
+            expr = col.rolling_sum_by(QUERY_TIME, w, closed="left")
+        elif agg.function == "mean":
+            expr = col.rolling_mean_by(QUERY_TIME, w, closed="left")
+        elif agg.function == "min":
+            expr = col.rolling_min_by(QUERY_TIME, w, closed="left")
+        elif agg.function == "max":
+            expr = col.rolling_max_by(QUERY_TIME, w, closed="left")
+        elif agg.function == "std":
+            expr = col.rolling_std_by(QUERY_TIME, w, closed="left")
+        else:
+            continue  # 'last' and 'distinct' are computed below
+        rolling.append(expr.over(keys).alias(agg.name))
+    result = (
+        timeline.with_columns(rolling)
+        .filter(pl.col(_IS_QUERY))
+        .select(*keys, QUERY_TIME, *[e.meta.output_name() for e in rolling])
+    )
+    for agg in view.aggregations:
+        if agg.function == "last":
+            result = result.join(
+                _last(targets, events, keys, agg.column, agg.window).rename({agg.column: agg.name}),
+                on=[*keys, QUERY_TIME],
+                how="left",
+                nulls_equal=False,
+            )
+        elif agg.function == "distinct":
+            result = result.join(
+                _distinct(timeline, keys, agg.column, agg.window, agg.name),
+                on=[*keys, QUERY_TIME],
+                how="left",
+            )
+    names = list(view.feature_names)
+    return points.join(result, on=[*keys, QUERY_TIME], how="left").select(ROW, *names)
+
+
+def _last(
+    targets: pl.DataFrame, events: pl.DataFrame, keys: list[str], column: str, window: timedelta
+) -> pl.DataFrame:
+    """The value of the latest event with time in [t - w, t) (a null value stays null)."""
+    right = events.select(*keys, pl.col(QUERY_TIME).alias(EVENT_TIME), column).sort(
+        EVENT_TIME, maintain_order=True
+    )
+    left = targets.sort(QUERY_TIME)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        joined = left.join_asof(
+            right,
+            left_on=QUERY_TIME,
+            right_on=EVENT_TIME,
+            by=keys,
+            strategy="backward",
+            tolerance=window,
+            allow_exact_matches=False,
+            check_sortedness=False,
+        )
+    return joined.select(*keys, QUERY_TIME, column)
+
+
+def _distinct(
+    timeline: pl.DataFrame, keys: list[str], column: str, window: timedelta, name: str
+) -> pl.DataFrame:
+    """The number of distinct non-null values among the events in [t - w, t)."""
+    counted = timeline.rolling(
+        index_column=QUERY_TIME, period=_us(window), closed="left", group_by=keys
+    ).agg(pl.col(column).drop_nulls().n_unique().cast(pl.UInt32).alias(name))
+    # Rows at one (key, time) share one window, hence one value.
+    return counted.unique([*keys, QUERY_TIME])

@@ -1,0 +1,156 @@
+"""Training sets: label rows joined point in time with feature views.
+
+``training_set(labels, views, timestamp=...)`` returns one row per label row, in label
+order, never dropping or merging one: the label columns, then each view's features as of
+the label's time (``FeatureView``: latest value within the TTL; ``WindowView``: the
+aggregations over [t - w, t)), then the on-demand features computed from the row.
+
+Examples
+--------
+>>> from datetime import datetime
+>>> import polars as pl
+>>> from loopline.features import Entity, FeatureView
+>>> temps = pl.DataFrame({"origin": ["JFK", "JFK"],
+...                       "at": [datetime(2013, 1, 1, 5), datetime(2013, 1, 1, 6)],
+...                       "temp": [39.0, 41.0]})
+>>> view = FeatureView("weather", entity=Entity("origin", keys=["origin"]), source=temps,
+...                    timestamp="at", ttl="3h", features=["temp"])
+>>> labels = pl.DataFrame({"origin": ["JFK", "JFK", "LGA"],
+...                        "t": [datetime(2013, 1, 1, 6), datetime(2013, 1, 1, 10),
+...                              datetime(2013, 1, 1, 6)]})
+>>> training_set(labels, [view], timestamp="t").frame["temp"].to_list()
+[41.0, None, None]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from loopline.errors import FeatureError
+from loopline.features.definition import FeatureView, OnDemand, View, WindowView
+from loopline.features.engine import (
+    QUERY_TIME,
+    ROW,
+    align_keys,
+    latest_values,
+    to_utc,
+    view_rows,
+    window_values,
+)
+
+if TYPE_CHECKING:
+    from loopline.data.workspace import Workspace
+
+__all__ = ["TrainingSet", "check_views", "training_set"]
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A training set and the feature versions it was built from."""
+
+    frame: pl.DataFrame
+    """The label columns, then the features, one row per label row in label order."""
+    versions: dict[str, str]
+    """View or on-demand group name → its version (sha256 of the definition)."""
+
+
+def check_views(views: Sequence[View | OnDemand], *, reserved: Sequence[str] = ()) -> None:
+    """Refuse two views of one name, and two features (or a feature and a column) of one name."""
+    seen_views: set[str] = set()
+    seen: dict[str, str] = dict.fromkeys(reserved, "the label table")
+    for view in views:
+        if not isinstance(view, (FeatureView, WindowView, OnDemand)):
+            raise FeatureError(
+                f"Expected FeatureView, WindowView or OnDemand objects; got {type(view).__name__}."
+            )
+        if view.name in seen_views:
+            raise FeatureError(f"Two views are named {view.name!r}; give each its own name.")
+        seen_views.add(view.name)
+        for feature in view.feature_names:
+            if feature in seen:
+                raise FeatureError(
+                    f"Feature {feature!r} of {view.name!r} is also a column of "
+                    f"{seen[feature]}; rename it (a FeatureView takes prefix='...', an "
+                    f"Aggregate name='...').",
+                    view=view.name,
+                )
+            seen[feature] = repr(view.name)
+
+
+def training_set(
+    labels: pl.DataFrame | pl.LazyFrame,
+    views: Sequence[View | OnDemand],
+    *,
+    timestamp: str,
+    workspace: Workspace | None = None,
+) -> TrainingSet:
+    """Join ``labels`` point in time with ``views``.
+
+    Parameters
+    ----------
+    labels
+        One row per prediction to learn from: each view's entity keys, the prediction
+        time ``timestamp``, the label and any request columns.
+    views
+        ``FeatureView``, ``WindowView`` and ``OnDemand`` definitions, joined in order
+        (an on-demand feature can read the features of the views before it).
+    timestamp
+        The label table's prediction-time column. Naive times are UTC; the output holds
+        it as a UTC timestamp. A null time gets null features.
+    workspace
+        Where a dataset-named source is read from; the current one by default.
+
+    Returns
+    -------
+    TrainingSet
+        The frame and the versions of the definitions used.
+    """
+    frame = labels.collect() if isinstance(labels, pl.LazyFrame) else labels
+    if not isinstance(frame, pl.DataFrame):
+        raise FeatureError(
+            f"The labels of a training set must be a Polars frame; got {type(labels).__name__}."
+        )
+    if timestamp not in frame.columns:
+        raise FeatureError(
+            f"The label table has no column {timestamp!r} (timestamp=); it has {frame.columns}.",
+            column=timestamp,
+        )
+    check_views(views, reserved=frame.columns)
+    frame = to_utc(frame, timestamp, owner="the label table")
+    query_base = frame.with_row_index(ROW).with_columns(pl.col(timestamp).alias(QUERY_TIME))
+    for view in views:
+        if isinstance(view, OnDemand):
+            continue
+        missing = [k for k in view.keys if k not in frame.columns]
+        if missing:
+            raise FeatureError(
+                f"The label table lacks the key column(s) {missing} of "
+                f"{type(view).__name__} {view.name!r}; it has {frame.columns}.",
+                view=view.name,
+            )
+
+    out = frame
+    for view in views:
+        if isinstance(view, OnDemand):
+            out = view.apply(out)
+            continue
+        rows = view_rows(view, workspace=workspace)
+        owner = f"{type(view).__name__} {view.name!r}"
+        query, rows = align_keys(
+            query_base.select(ROW, *view.keys, QUERY_TIME),
+            rows,
+            view.keys,
+            owner=owner,
+            query_name="the label table",
+        )
+        if isinstance(view, FeatureView):
+            values = latest_values(query, view, rows, ttl=view.ttl)
+        else:
+            values = window_values(query, view, rows)
+        values = values.sort(ROW).drop(ROW)
+        out = out.hstack(values.get_columns())
+    return TrainingSet(frame=out, versions={v.name: v.version for v in views})
