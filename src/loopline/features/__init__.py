@@ -8,6 +8,7 @@ from loopline.features.definition import (
     OnDemand,
     View,
     WindowView,
+    definitions_version,
     parse_duration,
 )
 from loopline.features.training import TrainingSet, training_set
@@ -21,6 +22,7 @@ __all__ = [
     "TrainingSet",
     "View",
     "WindowView",
+    "definitions_version",
     "parse_duration",
     "training_set",
 ]

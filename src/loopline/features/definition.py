@@ -47,6 +47,7 @@ __all__ = [
     "Source",
     "View",
     "WindowView",
+    "definitions_version",
     "parse_duration",
 ]
 
@@ -613,3 +614,20 @@ class OnDemand:
             raise FeatureError(
                 f"OnDemand {self.name!r} could not be computed: {exc}", view=self.name
             ) from exc
+
+
+def definitions_version(views: Sequence[FeatureView | WindowView | OnDemand]) -> str:
+    """One version for a list of definitions: it changes when any of them changes.
+
+    A step that builds a training set from module-level definitions declares it as its
+    ``version`` (``@step(version=definitions_version(VIEWS))``), so that editing a
+    definition re-runs the step instead of answering from the cache.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> hour = OnDemand("hour", features={"h": pl.col("t") // 100}, inputs=["t"])
+    >>> len(definitions_version([hour])), definitions_version([]) == definitions_version([])
+    (16, True)
+    """
+    return _digest({"views": [[v.name, v.version] for v in views]})[:16]

@@ -18,7 +18,7 @@ value.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -77,8 +77,17 @@ def to_utc(frame: pl.DataFrame, column: str, *, owner: str) -> pl.DataFrame:
     )
 
 
-def view_rows(view: View, *, workspace: Workspace | None = None) -> pl.DataFrame:
+def view_rows(
+    view: View,
+    *,
+    workspace: Workspace | None = None,
+    data: Mapping[str, pl.DataFrame | pl.LazyFrame] | None = None,
+) -> pl.DataFrame:
     """The view's source rows after ``where`` and ``transform``, with their columns checked.
+
+    A dataset-named source (``"flights"``) is read from the workspace, unless ``data``
+    holds a frame under that name: a pipeline step passes the rows it was given, so the
+    definition (and its version) stays the one that materialization uses.
 
     The result holds the entity keys, the event timestamp (UTC), the ``created`` column
     of a ``FeatureView`` (UTC) when it has one, and the value columns, in source order.
@@ -86,7 +95,9 @@ def view_rows(view: View, *, workspace: Workspace | None = None) -> pl.DataFrame
     owner = f"{type(view).__name__} {view.name!r}"
     source = view.source
     try:
-        if isinstance(source, str):
+        if isinstance(source, str) and data and source.partition("@")[0] in data:
+            lazy = data[source.partition("@")[0]].lazy()
+        elif isinstance(source, str):
             from loopline.data.ingest import read_dataset
 
             loaded = pl.from_arrow(read_dataset(source, workspace=workspace))

@@ -24,7 +24,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,7 +45,7 @@ from loopline.features.engine import (
 if TYPE_CHECKING:
     from loopline.data.workspace import Workspace
 
-__all__ = ["TrainingSet", "check_views", "training_set"]
+__all__ = ["TrainingSet", "check_views", "record_views", "training_set"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ def training_set(
     views: Sequence[View | OnDemand],
     *,
     timestamp: str,
+    data: Mapping[str, pl.DataFrame | pl.LazyFrame] | None = None,
     workspace: Workspace | None = None,
 ) -> TrainingSet:
     """Join ``labels`` point in time with ``views``.
@@ -101,6 +102,9 @@ def training_set(
     timestamp
         The label table's prediction-time column. Naive times are UTC; the output holds
         it as a UTC timestamp. A null time gets null features.
+    data
+        Frames to use for dataset-named sources, by dataset name: a step passes the
+        rows it was given (``data={"flights": flights}``) instead of re-reading them.
     workspace
         Where a dataset-named source is read from; the current one by default.
 
@@ -138,7 +142,7 @@ def training_set(
         if isinstance(view, OnDemand):
             out = view.apply(out)
             continue
-        rows = view_rows(view, workspace=workspace)
+        rows = view_rows(view, workspace=workspace, data=data)
         owner = f"{type(view).__name__} {view.name!r}"
         query, rows = align_keys(
             query_base.select(ROW, *view.keys, QUERY_TIME),
@@ -153,4 +157,23 @@ def training_set(
             values = window_values(query, view, rows)
         values = values.sort(ROW).drop(ROW)
         out = out.hstack(values.get_columns())
-    return TrainingSet(frame=out, versions={v.name: v.version for v in views})
+    versions = {v.name: v.version for v in views}
+    from loopline.data.workspace import current_workspace
+
+    ws = workspace or current_workspace()
+    if workspace is not None or ws.run_id is not None:
+        record_views(views, ws)  # outside a step, only when a workspace was given
+    return TrainingSet(frame=out, versions=versions)
+
+
+def record_views(views: Sequence[View | OnDemand], ws: Workspace) -> None:
+    """Record each definition's version; inside a step, tag the step with the versions."""
+    for view in views:
+        ws.metadata.register_feature_view(
+            name=view.name,
+            version=view.version,
+            kind=type(view).__name__,
+            definition=view.describe(),
+        )
+        if ws.step_id is not None:
+            ws.metadata.set_tag("step", ws.step_id, f"feature_version.{view.name}", view.version)

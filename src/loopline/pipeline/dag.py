@@ -407,6 +407,9 @@ def _import_file(path: Path, source: str) -> types.ModuleType:
     if spec is None or spec.loader is None:
         raise PipelineLoadError(f"Cannot load {path} as Python.", path=str(path))
     module = importlib.util.module_from_spec(spec)
+    # As when Python runs a script: modules beside the file can be imported by name.
+    if str(resolved.parent) not in sys.path:
+        sys.path.insert(0, str(resolved.parent))
     # Registered so that dataclasses, pickling and typing can find the module by name.
     sys.modules[module_name] = module
     try:
