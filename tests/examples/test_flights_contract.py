@@ -10,32 +10,18 @@ exactly those rows, each with the rule, column and line, and the counts must rec
 
 from __future__ import annotations
 
-import importlib.util
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from flights_example import pipeline
 
 from loopline import FileSource, ingest, read_dataset
 from loopline.data.ingest import read_quarantine
 from loopline.data.workspace import Workspace, use_workspace
 
-PIPELINE_FILE = Path(__file__).resolve().parents[2] / "examples" / "flights" / "pipeline.py"
 ROWS = 2000
-
-
-def _load_pipeline() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("flights_pipeline_contract", PIPELINE_FILE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pipeline = _load_pipeline()
 
 
 @pytest.fixture

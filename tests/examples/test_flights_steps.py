@@ -14,36 +14,21 @@ from __future__ import annotations
 
 import datetime as dt
 import doctest
-import importlib.util
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pytest
+from flights_example import pipeline
 
 from loopline import Files
 from loopline.data.workspace import Workspace, use_workspace
 from loopline.errors import ContractError, PipelineDefinitionError
-
-PIPELINE_FILE = Path(__file__).resolve().parents[2] / "examples" / "flights" / "pipeline.py"
-
-
-def _load_pipeline() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("flights_pipeline", PIPELINE_FILE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pipeline = _load_pipeline()
 
 
 @pytest.fixture(scope="module", autouse=True)
