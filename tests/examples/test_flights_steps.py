@@ -195,6 +195,29 @@ def test_calendar_features() -> None:
     assert table.columns == ["time_hour", *pipeline.FEATURES, "weather_time", "delayed"]
 
 
+def test_delay_windows_never_see_the_flight_itself_nor_a_delay_not_yet_known() -> None:
+    flights = make_flights(
+        # 10:00, left 30 minutes late (known at 10:30).
+        {"time_hour": at(10), "sched_dep_time": 1000, "dep_delay": 30, "dest": "A"},
+        # 10:20, left 10 minutes early: known from its schedule, 10:20, not 10:10.
+        {"time_hour": at(10), "sched_dep_time": 1020, "dep_delay": -10, "dest": "B"},
+        {"time_hour": at(10), "sched_dep_time": 1015, "dep_delay": 0, "dest": "C"},
+        {"time_hour": at(10), "sched_dep_time": 1045, "dep_delay": 0, "dest": "D"},
+    )
+    table = pipeline.training_table(flights, NO_WEATHER, NO_PLANES)
+    by_dest = {row["dest"]: row for row in table.iter_rows(named=True)}
+    # A at 10:00 sees nothing; C at 10:15 sees nothing yet (A is known at 10:30).
+    assert by_dest["A"]["carrier_flights_24h"] == 0
+    assert by_dest["C"]["carrier_flights_24h"] == 0
+    # B at 10:20 sees C (left on time at 10:15) but not itself.
+    assert by_dest["B"]["carrier_flights_24h"] == 1
+    assert by_dest["B"]["carrier_delay_mean_1h"] == 0.0
+    # D at 10:45 sees A (+30), B (-10) and C (0).
+    assert by_dest["D"]["carrier_flights_24h"] == 3
+    assert by_dest["D"]["carrier_delay_mean_1h"] == pytest.approx(20 / 3)
+    assert by_dest["D"]["route_flights_24h"] == 0  # no other flight to D
+
+
 # --------------------------------------------------------------------------- split
 
 
