@@ -8,6 +8,7 @@ from loopline.features.definition import (
     OnDemand,
     View,
     WindowView,
+    definitions_in,
     definitions_version,
     parse_duration,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "TrainingSet",
     "View",
     "WindowView",
+    "definitions_in",
     "definitions_version",
     "parse_duration",
     "training_set",

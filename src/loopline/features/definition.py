@@ -47,6 +47,7 @@ __all__ = [
     "Source",
     "View",
     "WindowView",
+    "definitions_in",
     "definitions_version",
     "parse_duration",
 ]
@@ -631,3 +632,28 @@ def definitions_version(views: Sequence[FeatureView | WindowView | OnDemand]) ->
     (16, True)
     """
     return _digest({"views": [[v.name, v.version] for v in views]})[:16]
+
+
+def definitions_in(namespace: Mapping[str, Any], *, source: str) -> list[View | OnDemand]:
+    """The definitions a module declares: its ``VIEWS`` list, or every one at module level.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> hour = OnDemand("hour", features={"h": pl.col("t") // 100}, inputs=["t"])
+    >>> [d.name for d in definitions_in({"hour": hour, "x": 1}, source="defs.py")]
+    ['hour']
+    """
+    kinds = (FeatureView, WindowView, OnDemand)
+    declared = namespace.get("VIEWS")
+    if isinstance(declared, (list, tuple)):
+        found = [v for v in declared if isinstance(v, kinds)]
+    else:
+        found = list({id(v): v for v in namespace.values() if isinstance(v, kinds)}.values())
+    if not found:
+        raise FeatureError(
+            f"{source} defines no FeatureView, WindowView or OnDemand; define them at module "
+            f"level or list them in VIEWS = [...].",
+            path=source,
+        )
+    return found

@@ -48,7 +48,7 @@ from loopline.errors import PipelineDefinitionError, PipelineLoadError
 from loopline.pipeline.step import Step
 from loopline.types import Fingerprinted
 
-__all__ = ["Pipeline", "load_pipeline", "register_pipeline"]
+__all__ = ["Pipeline", "import_source", "load_pipeline", "register_pipeline"]
 
 _LOADED: dict[str, Pipeline] = {}
 _LOAD_LOCK = threading.Lock()
@@ -359,6 +359,14 @@ def _has_attr(source: str) -> bool:
 
 def _is_file_ref(ref: str) -> bool:
     return ref.endswith(".py") or os.sep in ref or Path(ref).exists()
+
+
+def import_source(source: str | os.PathLike[str]) -> types.ModuleType:
+    """Import a Python file (``path/to/file.py``) or module (``pkg.mod``), as ``run`` does."""
+    ref = os.fspath(source)
+    if _is_file_ref(ref):
+        return _import_file(Path(ref), ref)
+    return _import_module(ref, ref)
 
 
 def _load(source: str) -> Pipeline:
