@@ -1,4 +1,4 @@
-"""Shared fixtures: real services (PostgreSQL) and a metadata URL per backend.
+"""Shared fixtures: real services (PostgreSQL, Redis) and a metadata URL per backend.
 
 Tests that need a running service say so with ``@pytest.mark.services``, optionally
 naming the services to check before the test starts (``@pytest.mark.services("postgres")``);
@@ -11,6 +11,8 @@ Where the services are:
 
 - PostgreSQL: ``LOOPLINE_TEST_POSTGRES_URL``, default ``postgresql://root@127.0.0.1:5432/test``.
   Each test gets a fresh schema (``t_<hex>``), dropped with everything in it afterwards.
+- Redis: ``LOOPLINE_TEST_REDIS_URL``, default ``redis://127.0.0.1:6379/0``. Each test gets a
+  fresh key prefix (``?prefix=t-<hex>:``); its keys are deleted afterwards.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from sqlalchemy.engine import URL, make_url
 REQUIRE_ENV = "LOOPLINE_REQUIRE_SERVICES"
 POSTGRES_ENV = "LOOPLINE_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://root@127.0.0.1:5432/test"
+REDIS_ENV = "LOOPLINE_TEST_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 CONNECT_TIMEOUT_S = 2
 
 METADATA_BACKENDS = [
@@ -63,7 +67,30 @@ def _check_postgres() -> str | None:
     return None
 
 
-_CHECKS: dict[str, Callable[[], str | None]] = {"postgres": _check_postgres}
+def _redis_base_url() -> str:
+    return os.environ.get(REDIS_ENV) or DEFAULT_REDIS_URL
+
+
+def _check_redis() -> str | None:
+    """Return why Redis cannot be used, or None when it answers."""
+    try:
+        import redis
+    except ImportError:
+        return "redis is not installed (pip install 'loopline[redis]')"
+    client = redis.Redis.from_url(_redis_base_url(), socket_connect_timeout=CONNECT_TIMEOUT_S)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"Redis at {_redis_base_url()} is not reachable ({exc}); set {REDIS_ENV}"
+    finally:
+        client.close()
+    return None
+
+
+_CHECKS: dict[str, Callable[[], str | None]] = {
+    "postgres": _check_postgres,
+    "redis": _check_redis,
+}
 _RESULTS: dict[str, str | None] = {}
 
 
@@ -114,6 +141,29 @@ def postgres_url() -> Iterator[str]:
             # A store the test forgot to close could hold a lock; fail loudly, never hang.
             conn.execute("SET lock_timeout = '10s'")
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis URL isolated to this test by a fresh key prefix, whose keys go afterwards."""
+    require_service("redis")
+    import redis
+
+    prefix = f"t-{uuid.uuid4().hex[:16]}:"
+    base = _redis_base_url()
+    yield f"{base}{'&' if '?' in base else '?'}prefix={prefix}"
+    client = redis.Redis.from_url(base, socket_connect_timeout=CONNECT_TIMEOUT_S)
+    try:
+        batch = []
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                client.unlink(*batch)
+                batch = []
+        if batch:
+            client.unlink(*batch)
+    finally:
+        client.close()
 
 
 @pytest.fixture(params=METADATA_BACKENDS)

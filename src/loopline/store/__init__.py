@@ -1,4 +1,4 @@
-"""Storage: the metadata database and the content-addressed artifact store."""
+"""Storage: the metadata database, the content-addressed artifact store, the online store."""
 
 from loopline.store.artifacts import ArtifactStore, StoredArtifact, register_codec
 from loopline.store.metadata import (
@@ -10,6 +10,12 @@ from loopline.store.metadata import (
     StepOutcome,
     StepRecord,
 )
+from loopline.store.online import (
+    OnlineStore,
+    RedisOnlineStore,
+    SQLiteOnlineStore,
+    open_online_store,
+)
 
 __all__ = [
     "ArtifactRecord",
@@ -17,9 +23,13 @@ __all__ = [
     "AttemptRecord",
     "MetadataStore",
     "MetricRecord",
+    "OnlineStore",
+    "RedisOnlineStore",
     "RunRecord",
+    "SQLiteOnlineStore",
     "StepOutcome",
     "StepRecord",
     "StoredArtifact",
+    "open_online_store",
     "register_codec",
 ]
