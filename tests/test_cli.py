@@ -17,6 +17,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -619,3 +620,105 @@ def test_dataset_commands_with_unknown_names_exit_2(workdir: Path, invoke: Invok
     assert "There is no version 2 of dataset 'nothing'" in one_line(unknown.err)
     assert neither.code == 2
     assert "There is no dataset 'nothing'" in one_line(neither.err)
+
+
+RIDES = """\
+from loopline import Column, Contract, FileSource, Files, ingest, step
+
+RIDES = Contract(
+    "rides",
+    {
+        "rider": Column("int64", nullable=False),
+        "at": Column("datetime", nullable=False, formats=("%Y-%m-%dT%H:%M:%S",)),
+        "km": Column("float64", min=0),
+    },
+)
+
+
+@step
+def rides(source: Files = Files("rides.csv")) -> str:
+    return ingest(FileSource(source.patterns), contract=RIDES).dataset.ref
+"""
+RIDE_FEATURES = """\
+from loopline.features import Aggregate, Entity, FeatureView, WindowView
+
+rider = Entity("rider", keys=["rider"])
+last_ride = FeatureView("last_ride", entity=rider, source="rides", timestamp="at",
+                        ttl="1d", features=["km"])
+ride_totals = WindowView("ride_totals", entity=rider, source="rides", timestamp="at",
+                         aggregations=[Aggregate("km", "sum", "24h")])
+"""
+
+
+def test_materialize_and_features(workdir: Path, invoke: Invoke) -> None:
+    write(workdir, "pipe.py", RIDES)
+    write(workdir, "defs.py", RIDE_FEATURES)
+    write(
+        workdir,
+        "rides.csv",
+        "rider,at,km\n1,2024-05-01T08:00:00,3.5\n2,2024-05-01T09:00:00,10\n"
+        "1,2024-05-01T18:00:00,1.5\n",
+    )
+    assert invoke("run", "pipe.py").code == 0
+
+    before = invoke("features", "defs.py")
+    filled = invoke("materialize", "defs.py", "--end", "2024-05-01T20:00:00")
+    only = invoke(
+        "materialize",
+        "defs.py",
+        "--view",
+        "ride_totals",
+        "--start",
+        "2024-05-01T19:00:00",
+        "--end",
+        "2024-05-01T20:00:00",
+    )
+    after = invoke("features", "defs.py")
+
+    assert before.code == 0, before.err
+    assert "2024-05-01" not in before.out  # nothing materialized yet
+    assert filled.code == 0, filled.err
+    assert cells(row(filled.out, "last_ride"))[1:] == ["2", "2024-05-01 18:00:00"]
+    assert cells(row(filled.out, "ride_totals"))[1:] == ["2", "2024-05-01 20:00:00"]
+    assert "Materialized 2 view(s) as of 2024-05-01T20:00:00+00:00." in filled.out
+    # From 19:00 only the riders with a ride in [19:00 - 24h, 20:00) are written.
+    assert only.code == 0, only.err
+    assert cells(row(only.out, "ride_totals"))[1] == "2"
+    assert after.code == 0, after.err
+    assert "2024-05-01 18:00" in row(after.out, "last_ride")
+    assert "window" in row(after.out, "ride_totals")
+
+    from loopline.features.materialize import online_features
+    from loopline.store.online import open_online_store
+
+    module: dict[str, Any] = {}
+    exec(RIDE_FEATURES, module)
+    with open_online_store(f"sqlite:///{workdir / 'home' / 'online.db'}") as store:
+        served = online_features(
+            [module["last_ride"], module["ride_totals"]],
+            [{"rider": 1}, {"rider": 2}, {"rider": 3}],
+            at=datetime(2024, 5, 1, 20, tzinfo=UTC),
+            store=store,
+        )
+    assert served["km"].to_list() == [1.5, 10.0, None]
+    assert served["km_sum_24h"].to_list() == [5.0, 10.0, 0.0]
+
+
+def test_feature_commands_report_user_errors(workdir: Path, invoke: Invoke) -> None:
+    write(workdir, "defs.py", RIDE_FEATURES)
+    write(workdir, "empty.py", "X = 1\n")
+    unknown_view = invoke("materialize", "defs.py", "--view", "rides_by_day")
+    bad_time = invoke("materialize", "defs.py", "--end", "yesterday")
+    nothing = invoke("features", "empty.py")
+    no_data = invoke("materialize", "defs.py", "--end", "2024-05-01T20:00:00")
+
+    assert unknown_view.code == 2
+    assert "defines no view 'rides_by_day'; it defines last_ride, ride_totals" in one_line(
+        unknown_view.err
+    )
+    assert bad_time.code == 2
+    assert "--end must be an ISO 8601 time" in one_line(bad_time.err)
+    assert nothing.code == 2
+    assert "defines no FeatureView, WindowView or OnDemand" in one_line(nothing.err)
+    assert no_data.code == 2
+    assert "There is no dataset 'rides'" in one_line(no_data.err)

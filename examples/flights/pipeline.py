@@ -20,11 +20,14 @@ The steps, wired by argument name (an argument named after a step receives its o
     ``-p flights.source=PATH``) and check the columns the pipeline needs and their
     types. The files are a ``Files`` parameter, so editing them invalidates the cache.
 ``training_table``
-    One row per flight that departed: scheduled hour, weekday, month, distance, carrier,
-    origin, destination, the origin's latest weather observation at or before the
-    scheduled hour (a backward as-of join, so no row sees later weather), the plane's
-    age, and the label ``delayed`` (departure delay > 15 minutes). Cancelled flights
-    have no departure delay and so no label; they are dropped and counted.
+    One row per flight that departed, with the features defined in ``features.py``,
+    joined point in time at the scheduled departure (``loopline.features``): scheduled
+    hour, weekday, month, distance, carrier, origin, destination, the origin's latest
+    weather observation within 3 hours, the plane's age, and the carrier's, origin's and
+    route's mean departure delay over the hour, day and week before, counting only
+    flights that had left; and the label ``delayed`` (departure delay > 15 minutes).
+    Cancelled flights have no departure delay and so no label; they are dropped and
+    counted.
 ``split_month``, ``train_set``, ``test_set``
     A time split: the months before ``split_month`` (default 10, October) train the
     model and the rest test it, as a model trained on the past is used on the future.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
@@ -23,7 +24,8 @@ from rich.tree import Tree
 
 from loopline import __version__
 from loopline.config import CONFIG_FILE, Settings, render_default_config
-from loopline.errors import ConfigError, LooplineError, RunNotFoundError
+from loopline.errors import ConfigError, FeatureError, LooplineError, RunNotFoundError
+from loopline.pipeline.dag import import_source
 from loopline.pipeline.progress import LiveReporter, LogReporter, Reporter, configure_logging
 from loopline.pipeline.runner import Runner, RunResult
 from loopline.store.metadata import MetadataStore, RunRecord, StepRecord
@@ -316,6 +318,125 @@ def quarantine(
         else:
             bad.write_parquet(output)
         out.print(f"Wrote {bad.height:,} rows to {output}.")
+
+
+@app.command()
+def features(
+    definitions: Annotated[
+        str, typer.Argument(metavar="DEFINITIONS", help="A .py file or module of feature views.")
+    ],
+) -> None:
+    """List the feature views a file defines: versions and online freshness."""
+    from loopline.data.workspace import Workspace
+    from loopline.features import definitions_in
+    from loopline.features.materialize import freshness
+
+    views = definitions_in(vars(import_source(definitions)), source=definitions)
+    with _runner() as runner:
+        report = {
+            f.view: f
+            for f in freshness(
+                views, workspace=Workspace(runner.metadata.url, runner.artifacts.url)
+            )
+        }
+    table = Table(
+        Column("view", no_wrap=True),
+        Column("kind", no_wrap=True),
+        Column("keys", no_wrap=True),
+        Column("version", no_wrap=True),
+        Column("newest value", no_wrap=True),
+        Column("age", no_wrap=True, min_width=6),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    kinds = {"FeatureView": "latest", "WindowView": "window", "OnDemand": "request"}
+    for view in views:
+        keys = ", ".join(getattr(view, "keys", ()))
+        fresh = report.get(view.name)
+        newest = fresh.newest_event if fresh else None
+        table.add_row(
+            view.name,
+            kinds[type(view).__name__],
+            keys,
+            view.version[:8],
+            "" if newest is None else newest.strftime("%Y-%m-%d %H:%M"),
+            "" if fresh is None or fresh.age is None else _age(fresh.age),
+        )
+    out.print(table)
+
+
+@app.command()
+def materialize(
+    definitions: Annotated[
+        str, typer.Argument(metavar="DEFINITIONS", help="A .py file or module of feature views.")
+    ],
+    end: Annotated[
+        str | None,
+        typer.Option(help="Values as of this time (ISO 8601; naive is UTC). Default: now."),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(help="Only entities whose values changed since this time. Default: all."),
+    ] = None,
+    view: Annotated[
+        list[str] | None, typer.Option("--view", help="Only this view (repeatable).")
+    ] = None,
+) -> None:
+    """Fill the online store with feature values as of --end, from the offline data."""
+    from loopline.data.workspace import Workspace
+    from loopline.features import definitions_in
+    from loopline.features.materialize import materialize as fill
+
+    views = definitions_in(vars(import_source(definitions)), source=definitions)
+    if view:
+        known = {v.name: v for v in views}
+        unknown = [name for name in view if name not in known]
+        if unknown:
+            raise FeatureError(
+                f"{definitions} defines no view {unknown[0]!r}; it defines {', '.join(known)}.",
+            )
+        views = [known[name] for name in view]
+    until = _instant(end, "--end") if end else dt.datetime.now(dt.UTC)
+    since = _instant(start, "--start") if start else None
+    with _runner() as runner:
+        done = fill(
+            views,
+            end=until,
+            start=since,
+            workspace=Workspace(runner.metadata.url, runner.artifacts.url),
+        )
+    table = Table("view", "entities written", Column("newest value", no_wrap=True))
+    for entry in done:
+        newest = entry.newest_event
+        table.add_row(
+            entry.view,
+            f"{entry.rows:,}",
+            "" if newest is None else newest.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    out.print(table)
+    out.print(f"Materialized {len(done)} view(s) as of {until.isoformat()}.")
+
+
+def _instant(text: str, option: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{option} must be an ISO 8601 time such as 2013-12-31T23:00:00. Got {text!r}."
+        ) from exc
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def _age(age: dt.timedelta) -> str:
+    seconds = age.total_seconds()
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if abs(seconds) >= size:
+            return (
+                f"{seconds / size:.0f}{unit}"
+                if seconds >= 100 * size
+                else f"{seconds / size:.1f}{unit}"
+            )
+    return f"{seconds:.0f}s"
 
 
 def _quarantined(count: int, read: int) -> str:
