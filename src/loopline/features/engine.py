@@ -221,18 +221,7 @@ def latest_values(
     # the as-of join takes the last of equal keys.
     right = stable_sort(right, order)
     left = query.select(ROW, *keys, QUERY_TIME).sort(QUERY_TIME, maintain_order=True)
-    with warnings.catch_warnings():
-        # Sortedness inside the key groups follows from the global sort above.
-        warnings.simplefilter("ignore", UserWarning)
-        joined = left.join_asof(
-            right,
-            left_on=QUERY_TIME,
-            right_on=EVENT_TIME,
-            by=keys,
-            strategy="backward",
-            tolerance=ttl,
-            check_sortedness=False,
-        )
+    joined = _as_of(left, right, keys, tolerance=ttl, exact=True)
     times = [EVENT_TIME, *([CREATED_TIME] if view.created else [])] if keep_times else []
     return joined.select(ROW, *view.feature_names, *times)
 
@@ -331,20 +320,34 @@ def _last(
     as-of join's "last of equal keys" is the last in source order.
     """
     right = by_time.select(*keys, pl.col(QUERY_TIME).alias(EVENT_TIME), column)
-    left = targets.sort(QUERY_TIME)
+    joined = _as_of(targets.sort(QUERY_TIME), right, keys, tolerance=window, exact=False)
+    return joined.select(*keys, QUERY_TIME, column)
+
+
+def _as_of(
+    left: pl.DataFrame,
+    right: pl.DataFrame,
+    keys: list[str],
+    *,
+    tolerance: timedelta | None,
+    exact: bool,
+) -> pl.DataFrame:
+    """Each left row (at ``QUERY_TIME``) with the right row (at ``EVENT_TIME``) of its keys
+    that comes last at or before it (strictly before unless ``exact``), at most
+    ``tolerance`` earlier; both sides sorted by their time."""
     with warnings.catch_warnings():
+        # Sortedness inside the key groups follows from the global sort by time.
         warnings.simplefilter("ignore", UserWarning)
-        joined = left.join_asof(
+        return left.join_asof(
             right,
             left_on=QUERY_TIME,
             right_on=EVENT_TIME,
             by=keys,
             strategy="backward",
-            tolerance=window,
-            allow_exact_matches=False,
+            tolerance=tolerance,
+            allow_exact_matches=exact,
             check_sortedness=False,
         )
-    return joined.select(*keys, QUERY_TIME, column)
 
 
 def _distinct(
