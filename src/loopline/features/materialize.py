@@ -37,7 +37,7 @@ from loopline.features.engine import (
     view_rows,
     window_values,
 )
-from loopline.features.training import check_views, record_views
+from loopline.features.training import check_keys, check_views, record_views
 from loopline.store.online import OnlineStore, open_online_store
 
 if TYPE_CHECKING:
@@ -281,6 +281,7 @@ def online_features(
     """
     frame = entities if isinstance(entities, pl.DataFrame) else pl.DataFrame(list(entities))
     check_views(views, reserved=frame.columns)
+    check_keys(frame, views, what="The request")
     when = _utc(at, parameter="at") if at is not None else datetime.now(UTC)
     target = store if store is not None else online_store()
     try:
@@ -289,13 +290,6 @@ def online_features(
             if isinstance(view, OnDemand):
                 out = view.apply(out)
                 continue
-            missing = [k for k in view.keys if k not in frame.columns]
-            if missing:
-                raise FeatureError(
-                    f"The request lacks the key column(s) {missing} of {view.name!r}; it "
-                    f"has {frame.columns}.",
-                    view=view.name,
-                )
             keys = frame.select(view.keys).rows()
             empty = _empty_values(view)
             found = target.read(

@@ -45,7 +45,7 @@ from loopline.features.engine import (
 if TYPE_CHECKING:
     from loopline.data.workspace import Workspace
 
-__all__ = ["TrainingSet", "check_views", "record_views", "training_set"]
+__all__ = ["TrainingSet", "check_keys", "check_views", "record_views", "training_set"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,20 @@ def check_views(views: Sequence[View | OnDemand], *, reserved: Sequence[str] = (
                     view=view.name,
                 )
             seen[feature] = repr(view.name)
+
+
+def check_keys(frame: pl.DataFrame, views: Sequence[View | OnDemand], *, what: str) -> None:
+    """Refuse a frame that lacks the entity key columns of one of the views."""
+    for view in views:
+        if isinstance(view, OnDemand):
+            continue
+        missing = [k for k in view.keys if k not in frame.columns]
+        if missing:
+            raise FeatureError(
+                f"{what} lacks the key column(s) {missing} of {type(view).__name__} "
+                f"{view.name!r}; it has {frame.columns}.",
+                view=view.name,
+            )
 
 
 def training_set(
@@ -126,17 +140,7 @@ def training_set(
     check_views(views, reserved=frame.columns)
     frame = to_utc(frame, timestamp, owner="the label table")
     query_base = frame.with_row_index(ROW).with_columns(pl.col(timestamp).alias(QUERY_TIME))
-    for view in views:
-        if isinstance(view, OnDemand):
-            continue
-        missing = [k for k in view.keys if k not in frame.columns]
-        if missing:
-            raise FeatureError(
-                f"The label table lacks the key column(s) {missing} of "
-                f"{type(view).__name__} {view.name!r}; it has {frame.columns}.",
-                view=view.name,
-            )
-
+    check_keys(frame, views, what="The label table")
     out = frame
     for view in views:
         if isinstance(view, OnDemand):
