@@ -191,6 +191,36 @@ def test_window_values_cover_the_half_open_window(
             assert same(got[agg.name], expected), (agg.name, label, got[agg.name], expected)
 
 
+@settings(max_examples=60, deadline=None)
+@given(events=event_rows, labels=label_rows, parts=st.integers(2, 5))
+def test_partitions_by_entity_change_nothing(
+    events: list[dict[str, Any]], labels: list[dict[str, Any]], parts: int
+) -> None:
+    source = pl.DataFrame(events, schema=EVENT_SCHEMA)
+    views = [
+        FeatureView(
+            "spend",
+            entity=KEY,
+            source=source,
+            timestamp="ts",
+            created="created",
+            ttl="3h",
+            features=["amount", "kind"],
+        ),
+        WindowView(
+            "activity",
+            entity=KEY,
+            source=source,
+            timestamp="ts",
+            aggregations=[Aggregate("amount", f, "2h") for f in AGGREGATIONS],
+        ),
+    ]
+    frame = pl.DataFrame(labels, schema=LABEL_SCHEMA)
+    whole = training_set(frame, views, timestamp="t").frame
+    split = training_set(frame, views, timestamp="t", partitions=parts).frame
+    assert split.equals(whole, null_equal=True)
+
+
 # -- the rules one by one --------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ value.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ __all__ = [
     "QUERY_TIME",
     "ROW",
     "align_keys",
+    "by_entity",
     "latest_values",
     "to_utc",
     "view_rows",
@@ -47,6 +48,7 @@ QUERY_TIME = "__loopline_t"
 EVENT_TIME = "__loopline_ts"
 CREATED_TIME = "__loopline_created"
 _IS_QUERY = "__loopline_query"
+_PART = "__loopline_part"
 UTC = pl.Datetime("us", "UTC")
 
 
@@ -176,6 +178,26 @@ def align_keys(
     if casts_q:
         query, rows = query.with_columns(casts_q), rows.with_columns(casts_r)
     return query, rows
+
+
+def by_entity(
+    query: pl.DataFrame, rows: pl.DataFrame, keys: Sequence[str], partitions: int
+) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Split query rows and view rows into ``partitions`` parts by a hash of the keys.
+
+    An entity's query rows and view rows land in the same part, and every value depends
+    on one entity's rows only, so the parts can be computed apart (on other workers) and
+    concatenated. Call after ``align_keys``: equal keys then hash equally on both sides.
+    """
+    if partitions == 1:
+        yield query, rows
+        return
+    part = pl.struct(list(keys)).hash(seed=0) % partitions
+    queries = query.with_columns(part.alias(_PART)).partition_by(_PART, as_dict=True)
+    views = rows.with_columns(part.alias(_PART)).partition_by(_PART, as_dict=True)
+    empty_rows = rows.clear()
+    for name, q in queries.items():
+        yield q.drop(_PART), views[name].drop(_PART) if name in views else empty_rows
 
 
 def _is_text(dtype: pl.DataType) -> bool:

@@ -36,6 +36,7 @@ from loopline.features.engine import (
     QUERY_TIME,
     ROW,
     align_keys,
+    by_entity,
     latest_values,
     to_utc,
     view_rows,
@@ -101,6 +102,7 @@ def training_set(
     *,
     timestamp: str,
     data: Mapping[str, pl.DataFrame | pl.LazyFrame] | None = None,
+    partitions: int = 1,
     workspace: Workspace | None = None,
 ) -> TrainingSet:
     """Join ``labels`` point in time with ``views``.
@@ -119,6 +121,11 @@ def training_set(
     data
         Frames to use for dataset-named sources, by dataset name: a step passes the
         rows it was given (``data={"flights": flights}``) instead of re-reading them.
+    partitions
+        Split each view's work into this many partitions by a hash of the entity key and
+        compute them one by one: the result is the same, the memory a fraction. (Each
+        partition depends on its own entities only, which is what lets an executor run
+        them on different workers.)
     workspace
         Where a dataset-named source is read from; the current one by default.
 
@@ -141,6 +148,11 @@ def training_set(
     frame = to_utc(frame, timestamp, owner="the label table")
     query_base = frame.with_row_index(ROW).with_columns(pl.col(timestamp).alias(QUERY_TIME))
     check_keys(frame, views, what="The label table")
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise FeatureError(
+            f"The 'partitions' parameter of training_set must be a positive integer. "
+            f"Got {partitions!r}."
+        )
     out = frame
     for view in views:
         if isinstance(view, OnDemand):
@@ -155,10 +167,9 @@ def training_set(
             owner=owner,
             query_name="the label table",
         )
-        if isinstance(view, FeatureView):
-            values = latest_values(query, view, rows, ttl=view.ttl)
-        else:
-            values = window_values(query, view, rows)
+        values = pl.concat(
+            _view_values(view, q, r) for q, r in by_entity(query, rows, view.keys, partitions)
+        )
         values = values.sort(ROW).drop(ROW)
         out = out.hstack(values.get_columns())
     versions = {v.name: v.version for v in views}
@@ -168,6 +179,12 @@ def training_set(
     if workspace is not None or ws.run_id is not None:
         record_views(views, ws)  # outside a step, only when a workspace was given
     return TrainingSet(frame=out, versions=versions)
+
+
+def _view_values(view: View, query: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
+    if isinstance(view, FeatureView):
+        return latest_values(query, view, rows, ttl=view.ttl)
+    return window_values(query, view, rows)
 
 
 def record_views(views: Sequence[View | OnDemand], ws: Workspace) -> None:
