@@ -15,6 +15,9 @@
     ├── SourceError (OSError)                    external data cannot be found or read
     ├── ContractError (ValueError)               data broke a declared contract
     ├── FeatureError (ValueError)                a feature definition or its data is invalid
+    ├── TrainingError (ValueError)               a model, search space, metric or bundle is invalid
+    ├── RegistryError
+    │   └── ModelNotFoundError (KeyError)         no registered model, version or alias by that name
     └── PipelineError
         ├── PipelineLoadError (ImportError)      a pipeline file or module does not import
         ├── PipelineDefinitionError (ValueError) cycles, missing upstream names, bad parameters
@@ -38,15 +41,18 @@ __all__ = [
     "FeatureError",
     "LooplineError",
     "MetadataStoreError",
+    "ModelNotFoundError",
     "OnlineStoreError",
     "PipelineDefinitionError",
     "PipelineError",
     "PipelineLoadError",
+    "RegistryError",
     "RunNotFoundError",
     "SourceError",
     "StepFailedError",
     "StepTimeoutError",
     "StoreError",
+    "TrainingError",
     "UnsupportedArtifactError",
 ]
 
@@ -118,6 +124,18 @@ class ContractError(LooplineError, ValueError):
 
 class FeatureError(LooplineError, ValueError):
     """A feature definition, or the data it is computed from, is invalid."""
+
+
+class TrainingError(LooplineError, ValueError):
+    """A model, search space, metric, label or model bundle is invalid."""
+
+
+class RegistryError(LooplineError):
+    """A registry operation (register, promote, rollback) cannot be done."""
+
+
+class ModelNotFoundError(RegistryError, KeyError):
+    """No registered model, version or alias has the requested name."""
 
 
 class PipelineError(LooplineError):
