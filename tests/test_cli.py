@@ -722,3 +722,23 @@ def test_feature_commands_report_user_errors(workdir: Path, invoke: Invoke) -> N
     assert "defines no FeatureView, WindowView or OnDemand" in one_line(nothing.err)
     assert no_data.code == 2
     assert "There is no dataset 'rides'" in one_line(no_data.err)
+
+
+def test_runs_compare_shows_what_differs(workdir: Path, invoke: Invoke) -> None:
+    write(workdir, "pipe.py", PIPELINE)
+    first = run_id_of(invoke("run", "pipe.py"))
+    second = run_id_of(invoke("run", "pipe.py", "-p", "model.scale=2"))
+    same = invoke("runs", "--compare", first, first)
+    compared = invoke("runs", "--compare", first[:8], second)
+    unknown = invoke("runs", "--compare", first, "nosuchrun")
+
+    assert compared.code == 0, compared.err
+    assert cells(row(compared.out, "model.scale"))[1:] == ["model.scale", "1.0", "2.0"]
+    assert cells(row(compared.out, "model.test_total"))[2:] == ["20", "40"]
+    assert "raw.n" not in compared.out  # the same in both
+    assert "│ env " not in compared.out  # same Python, packages and checkout
+    assert same.code == 0, same.err
+    assert "The two runs have the same parameters, metrics and environment." in same.out
+    with MetadataStore(Settings.load().metadata_url) as store:
+        assert store.get_tags("run", first)["env.python"]
+    assert unknown.code == 2

@@ -132,8 +132,15 @@ def resume(
 def runs(
     limit: Annotated[int, typer.Option(min=1, help="How many runs, newest first.")] = 20,
     pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(metavar="A B", help="Show what differs between two runs."),
+    ] = None,
 ) -> None:
-    """List recent runs."""
+    """List recent runs, or compare two (--compare A B)."""
+    if compare is not None:
+        _compare_runs(*compare)
+        return
     table = Table(
         _id_column("run"),
         "pipeline",
@@ -437,6 +444,55 @@ def _age(age: dt.timedelta) -> str:
                 else f"{seconds / size:.1f}{unit}"
             )
     return f"{seconds:.0f}s"
+
+
+def _compare_runs(first: str, second: str) -> None:
+    """Print the parameters, metrics and environment that differ between two runs."""
+    with _runner() as runner:
+        meta = runner.metadata
+        a, b = meta.get_run(first), meta.get_run(second)
+        sides = [_run_facts(meta, a.id), _run_facts(meta, b.id)]
+    out.print(f"Run A {a.id} ({a.pipeline}, {a.status}, {_when(a.created_at)})")
+    out.print(f"Run B {b.id} ({b.pipeline}, {b.status}, {_when(b.created_at)})")
+    table = Table("kind", "name", "A", "B", title="What differs")
+    same = 0
+    for kind in ("param", "metric", "env"):
+        names = sorted(set(sides[0][kind]) | set(sides[1][kind]))
+        for name in names:
+            left, right = sides[0][kind].get(name), sides[1][kind].get(name)
+            if left == right:
+                same += 1
+                continue
+            table.add_row(kind, name, _fact(left, kind), _fact(right, kind))
+    if table.row_count:
+        out.print(table)
+    else:
+        out.print("The two runs have the same parameters, metrics and environment.")
+    out.print(f"{same} parameter(s), metric(s) and environment entries are the same.")
+
+
+def _run_facts(metadata: MetadataStore, run_id: str) -> dict[str, dict[str, Any]]:
+    params = {
+        f"{step}.{key}": value
+        for step, values in metadata.run_params(run_id).items()
+        for key, value in values.items()
+    }
+    # A metric's last value per step and key (a metric logged at several steps is a curve).
+    metrics = {f"{m.step_name or 'run'}.{m.key}": m.value for m in metadata.get_metrics(run_id)}
+    env = {
+        key.removeprefix("env."): value
+        for key, value in metadata.get_tags("run", run_id).items()
+        if key.startswith("env.")
+    }
+    return {"param": params, "metric": metrics, "env": env}
+
+
+def _fact(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "metric" and isinstance(value, float):
+        return _number(value)
+    return str(value)
 
 
 def _quarantined(count: int, read: int) -> str:

@@ -51,6 +51,7 @@ from loopline.errors import (
 )
 from loopline.pipeline.cache import cache_key
 from loopline.pipeline.dag import Pipeline, load_pipeline, param_value, register_pipeline
+from loopline.pipeline.environment import capture_environment
 from loopline.pipeline.executor import InputRef, StepResult, StepTask, make_executor
 from loopline.pipeline.progress import NullReporter, Reporter
 from loopline.store.artifacts import ArtifactStore
@@ -150,6 +151,7 @@ class Runner:
             params={s: {k: param_value(v) for k, v in p.items()} for s, p in resolved.items()},
             options=options,
         )
+        self._record_environment(run_id, pipeline)
         with use_workspace(self._workspace(run_id)):
             return self._execute(run_id, pipeline, resolved, options, reuse={})
 
@@ -184,8 +186,13 @@ class Runner:
             options=options,
             parent_run_id=parent.id,
         )
+        self._record_environment(new_run, pipeline)
         with use_workspace(self._workspace(new_run)):
             return self._execute(new_run, pipeline, resolved, options, reuse=reuse)
+
+    def _record_environment(self, run_id: str, pipeline: Pipeline) -> None:
+        env = capture_environment(pipeline.source)
+        self.metadata.set_tags("run", run_id, {f"env.{k}": v for k, v in env.items()})
 
     def output(self, run_id: str, step: str) -> Any:
         """Load the output of ``step`` in run ``run_id`` from the artifact store."""

@@ -995,6 +995,26 @@ class MetadataStore:
                 )
             )
 
+    def set_tags(self, entity_kind: str, entity_id: str, tags: Mapping[str, str]) -> None:
+        """Set several tags of one entity in one transaction (replacing the same keys)."""
+        if not tags:
+            return
+        with self._write() as conn:
+            conn.execute(
+                t.tags.delete().where(
+                    (t.tags.c.entity_kind == entity_kind)
+                    & (t.tags.c.entity_id == entity_id)
+                    & (t.tags.c.key.in_(list(tags)))
+                )
+            )
+            conn.execute(
+                t.tags.insert(),
+                [
+                    {"entity_kind": entity_kind, "entity_id": entity_id, "key": k, "value": v}
+                    for k, v in tags.items()
+                ],
+            )
+
     def get_tags(self, entity_kind: str, entity_id: str) -> dict[str, str]:
         query = sa.select(t.tags.c.key, t.tags.c.value).where(
             (t.tags.c.entity_kind == entity_kind) & (t.tags.c.entity_id == entity_id)
