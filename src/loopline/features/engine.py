@@ -49,6 +49,7 @@ EVENT_TIME = "__loopline_ts"
 CREATED_TIME = "__loopline_created"
 _IS_QUERY = "__loopline_query"
 _PART = "__loopline_part"
+_POSITION = "__loopline_position"
 UTC = pl.Datetime("us", "UTC")
 
 
@@ -232,20 +233,36 @@ def latest_values(
     ``keep_times``, the winner's event and created times), in no particular order.
     """
     keys = list(view.keys)
-    right = rows.select(
-        *keys,
-        pl.col(view.timestamp).alias(EVENT_TIME),
-        *([pl.col(view.created).alias(CREATED_TIME)] if view.created else []),
-        *[pl.col(c).alias(n) for c, n in zip(view.features, view.feature_names, strict=True)],
-    ).drop_nulls([*keys, EVENT_TIME])
-    order = [EVENT_TIME, CREATED_TIME] if view.created else [EVENT_TIME]
+    # Only the keys, times and row positions are sorted and joined; the winners' values
+    # are gathered by position afterwards, so no copy of the value columns is ever made.
+    times = [EVENT_TIME, *([CREATED_TIME] if view.created else [])]
+    right = _without_nulls(
+        rows.select(
+            *keys,
+            pl.col(view.timestamp).alias(EVENT_TIME),
+            *([pl.col(view.created).alias(CREATED_TIME)] if view.created else []),
+        ).with_row_index(_POSITION),
+        [*keys, EVENT_TIME],
+    )
     # A stable sort: among equal (ts, created) the last row in source order is last, and
     # the as-of join takes the last of equal keys.
-    right = stable_sort(right, order)
+    right = stable_sort(right, times)
     left = query.select(ROW, *keys, QUERY_TIME).sort(QUERY_TIME, maintain_order=True)
     joined = _as_of(left, right, keys, tolerance=ttl, exact=True)
-    times = [EVENT_TIME, *([CREATED_TIME] if view.created else [])] if keep_times else []
-    return joined.select(ROW, *view.feature_names, *times)
+    position = joined.get_column(_POSITION)
+    values = rows.select(
+        pl.col(c).gather(position).alias(n)
+        for c, n in zip(view.features, view.feature_names, strict=True)
+    )
+    kept = joined.select(ROW, *(times if keep_times else []))
+    return pl.concat([kept, values], how="horizontal")
+
+
+def _without_nulls(frame: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+    """``frame`` without the rows that have a null in ``columns`` (no copy when none has)."""
+    if any(frame.get_column(c).null_count() for c in columns):
+        return frame.drop_nulls(list(columns))
+    return frame
 
 
 def hop_floor(column: str, hop: timedelta | None) -> pl.Expr:
