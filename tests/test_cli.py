@@ -742,3 +742,135 @@ def test_runs_compare_shows_what_differs(workdir: Path, invoke: Invoke) -> None:
     with MetadataStore(Settings.load().metadata_url) as store:
         assert store.get_tags("run", first)["env.python"]
     assert unknown.code == 2
+
+
+# -- the model registry -----------------------------------------------------------------------
+
+
+def _register_models(*metrics: float) -> None:
+    """Register versions 1..n of model 'flights', one per test_roc_auc value given."""
+    with MetadataStore(Settings.load().metadata_url) as store:
+        for n, auc in enumerate(metrics, start=1):
+            store.register_model_version(
+                model="flights",
+                artifact_id=f"bundle-{n}",
+                content_hash=f"{n:064x}",
+                actor="ci",
+                metrics={"test_roc_auc": auc},
+                run_id=f"{n:016x}",
+                datasets=[f"flights@{n}"],
+                features=["carrier_delays@" + "a" * 64],
+            )
+
+
+@pytest.mark.parametrize("command", ["models", "model", "promote", "rollback"])
+def test_help_for_registry_commands(invoke: Invoke, command: str) -> None:
+    result = invoke(command, "--help")
+
+    assert result.code == 0, result.err
+    assert f"Usage: loopline {command}" in result.out
+
+
+def test_models_promote_rollback_and_the_audit_log(workdir: Path, invoke: Invoke) -> None:
+    empty = invoke("models")
+    _register_models(0.74, 0.76)
+
+    listed = invoke("models")
+    first = invoke("promote", "flights", "1", "--why", "first model")
+    second = invoke("promote", "flights", "2")
+    again = invoke("promote", "flights", "champion")
+    challenger = invoke("promote", "flights", "1", "--alias", "challenger")
+    back = invoke("rollback", "flights", "--why", "bad predictions")
+    shown = invoke("model", "flights")
+
+    assert empty.code == 0, empty.err
+    assert "No models registered yet" in empty.out
+    assert listed.code == 0, listed.err
+    assert cells(row(listed.out, "flights"))[:4] == ["flights", "2", "2", ""]
+    assert first.out.strip() == "Model flights: champion moved to version 1."
+    assert second.out.strip() == "Model flights: champion moved from version 1 to version 2."
+    assert again.out.strip() == "Model flights: champion is version 2 already; nothing changed."
+    assert challenger.code == 0, challenger.err
+    assert back.out.strip() == "Model flights: champion rolled back from version 2 to 1."
+    assert shown.code == 0, shown.err
+    assert "aliases  challenger=1, champion=1, latest=2" in shown.out
+    assert cells(row(shown.out, "0000000000000002"))[:3] == ["2", "registered", ""]
+    assert cells(row(shown.out, "bundle-1")) == [
+        "1",
+        "bundle-1",
+        "flights@1",
+        "carrier_delays@" + "a" * 64,
+    ]
+    assert cells(row(shown.out, "test_roc_auc")) == ["test_roc_auc", "0.7400", "0.7600"]
+    audit = [c for c in map(cells, shown.out.splitlines()) if len(c) == 8]
+    assert [(a[2], a[3], a[4], a[5], a[7]) for a in audit] == [
+        ("register", "", "", "1", ""),
+        ("register", "", "", "2", ""),
+        ("promote", "champion", "", "1", "first model"),
+        ("promote", "champion", "1", "2", "manual promote"),
+        ("promote", "challenger", "", "1", "manual promote"),
+        ("rollback", "champion", "2", "1", "bad predictions"),
+    ]
+    assert [a[6] for a in audit[:2]] == ["ci", "ci"]
+    assert all(a[6] for a in audit[2:])  # the logged-in user
+
+
+def test_model_shows_the_latest_gate_verdict(workdir: Path, invoke: Invoke) -> None:
+    from loopline.data.workspace import Workspace, forget_stores, register_stores
+    from loopline.registry import Gate, Registry
+    from loopline.store.artifacts import ArtifactStore
+
+    _register_models(0.75, 0.751)
+    settings = Settings.load()
+    gate = Gate(primary="test_roc_auc", min_improvement=0.01)
+    with MetadataStore(settings.metadata_url) as store:
+        artifacts = ArtifactStore(settings.artifact_url)
+        register_stores(store, artifacts)  # so that the registry uses this connection
+        try:
+            registry = Registry(Workspace(store.url, artifacts.url))
+            registry.record_verdict("flights", 1, gate.evaluate({"test_roc_auc": 0.75}, None))
+            worse = gate.evaluate({"test_roc_auc": 0.751}, {"test_roc_auc": 0.75})
+            registry.record_verdict("flights", 2, worse)
+        finally:
+            forget_stores(store, artifacts)
+
+    shown = invoke("model", "flights")
+
+    assert shown.code == 0, shown.err
+    assert cells(row(shown.out, "0000000000000002"))[:2] == ["2", "refused"]
+    assert cells(row(shown.out, "0000000000000001"))[:3] == ["1", "blessed", "champion"]
+    assert "Latest gate verdict: version 2 for champion (refuse," in shown.out
+    assert "verdict: REFUSED, 1 of 1 check(s) failed" in shown.out
+    [check] = [line for line in shown.out.splitlines() if line.startswith("primary")]
+    assert check.split()[2:6] == [
+        "0.7510",
+        "0.7600",
+        "0.7500",
+        "FAIL",
+    ]
+
+
+def test_registry_commands_report_user_errors(workdir: Path, invoke: Invoke) -> None:
+    nothing = invoke("model", "flights")
+    _register_models(0.74)
+    typo = invoke("model", "flihgts")
+    no_version = invoke("promote", "flights", "7")
+    reserved = invoke("promote", "flights", "1", "--alias", "latest")
+    no_alias = invoke("rollback", "flights")
+    invoke("promote", "flights", "1")
+    nothing_before = invoke("rollback", "flights")
+
+    assert nothing.code == 2
+    assert "No registered model is named 'flights'. No model is registered yet." in one_line(
+        nothing.err
+    )
+    assert typo.code == 2
+    assert "(did you mean 'flights'?). 'loopline models' lists" in one_line(typo.err)
+    assert no_version.code == 2
+    assert "Model 'flights' has no version 7; it has versions 1 to 1." in one_line(no_version.err)
+    assert reserved.code == 2
+    assert "The alias 'latest' is reserved" in one_line(reserved.err)
+    assert no_alias.code == 2
+    assert "has no alias 'champion'" in one_line(no_alias.err)
+    assert nothing_before.code == 2
+    assert "Nothing to roll back" in one_line(nothing_before.err)

@@ -24,10 +24,12 @@ from rich.tree import Tree
 
 from loopline import __version__
 from loopline.config import CONFIG_FILE, Settings, render_default_config
+from loopline.data.workspace import Workspace, forget_stores, register_stores
 from loopline.errors import ConfigError, FeatureError, LooplineError, RunNotFoundError
 from loopline.pipeline.dag import import_source
 from loopline.pipeline.progress import LiveReporter, LogReporter, Reporter, configure_logging
 from loopline.pipeline.runner import Runner, RunResult
+from loopline.registry import Registry, Verdict
 from loopline.store.metadata import MetadataStore, RunRecord, StepRecord
 
 __all__ = ["app", "main"]
@@ -424,6 +426,161 @@ def materialize(
     out.print(f"Materialized {len(done)} view(s) as of {until.isoformat()}.")
 
 
+@app.command()
+def models() -> None:
+    """List the registered models: versions, aliases, the latest version."""
+    table = Table(
+        Column("model", no_wrap=True),
+        "versions",
+        "latest",
+        "aliases",
+        Column("created", no_wrap=True),
+        "description",
+    )
+    with _registry() as registry:
+        found = registry.models()
+    for entry in found:
+        table.add_row(
+            entry.name,
+            str(entry.versions),
+            "" if entry.latest is None else str(entry.latest),
+            _aliases(entry.aliases),
+            _when(entry.created_at, seconds=False),
+            entry.description or "",
+        )
+    if found:
+        out.print(table)
+    else:
+        out.print("No models registered yet. A pipeline step registers one with Registry.register.")
+
+
+@app.command()
+def model(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A registered model's name.")],
+    limit: Annotated[
+        int, typer.Option(min=1, help="How many of the newest versions to show metrics of.")
+    ] = 5,
+) -> None:
+    """Show a model: its versions with metrics and lineage, aliases, and the audit log."""
+    with _registry() as registry:
+        versions = registry.versions(name)
+        aliases = registry.aliases(name)
+        audit = registry.audit(name)
+    latest = versions[-1].version if versions else None
+    shown = ", ".join([*(f"{a}={v}" for a, v in aliases.items()), f"latest={latest}"])
+    out.print(Text.assemble(("Model ", "bold"), (name, "bold"), f"  {len(versions)} version(s)"))
+    out.print(f"  aliases  {shown}")
+    table = Table(
+        Column("version", no_wrap=True),
+        Column("status", no_wrap=True),
+        "aliases",
+        Column("created", no_wrap=True),
+        _id_column("run"),
+        title="Versions",
+        title_justify="left",
+    )
+    origins = Table(
+        Column("version", no_wrap=True),
+        _id_column("bundle"),
+        "datasets",
+        "features",
+        title="Lineage",
+        title_justify="left",
+    )
+    for v in versions:
+        table.add_row(
+            str(v.version),
+            _status(v.status),
+            ", ".join(v.aliases),
+            _when(v.created_at, seconds=False),
+            v.run_id or "",
+        )
+        origins.add_row(str(v.version), v.artifact_id, ", ".join(v.datasets), ", ".join(v.features))
+    out.print(table)
+    out.print(origins)
+    recent = versions[-limit:]
+    keys = sorted({k for v in recent for k in v.metrics})
+    if keys:
+        metrics = Table(
+            Column("metric", no_wrap=True),
+            *(Column(str(v.version), no_wrap=True) for v in recent),
+            title="Metrics",
+            title_justify="left",
+        )
+        for key in keys:
+            values = [v.metrics.get(key) for v in recent]
+            metrics.add_row(key, *("" if x is None else _number(x) for x in values))
+        out.print(metrics)
+    log = Table(
+        "#",
+        Column("when", no_wrap=True),
+        "action",
+        "alias",
+        Column("from", no_wrap=True),
+        Column("to", no_wrap=True),
+        Column("who", no_wrap=True),
+        "why",
+        title="Audit log",
+        title_justify="left",
+    )
+    for entry in audit:
+        log.add_row(
+            str(entry.id),
+            _when(entry.created_at, seconds=False),
+            entry.action,
+            entry.alias or "",
+            "" if entry.from_version is None else str(entry.from_version),
+            "" if entry.to_version is None else str(entry.to_version),
+            entry.actor,
+            Text(entry.why or ""),
+        )
+    out.print(log)
+    judged = next((e for e in reversed(audit) if e.verdict is not None), None)
+    if judged is not None:
+        out.print(
+            f"Latest gate verdict: version {judged.to_version} for {judged.alias} "
+            f"({judged.action}, {_when(judged.created_at)})"
+        )
+        out.print(Text(Verdict.from_dict(judged.verdict or {}).render()), soft_wrap=True)
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A registered model's name.")],
+    version: Annotated[
+        str, typer.Argument(metavar="VERSION", help="A version number, or an alias.")
+    ],
+    alias: Annotated[str, typer.Option(help="The alias to move.")] = "champion",
+    why: Annotated[str | None, typer.Option(help="Why, for the audit log.")] = None,
+) -> None:
+    """Point an alias (the champion by default) at VERSION; the move is audited."""
+    with _registry() as registry:
+        before = registry.aliases(name).get(alias)
+        moved = registry.promote(name, version, alias=alias, why=why or "manual promote")
+    if before == moved.version:
+        out.print(f"Model {name}: {alias} is version {moved.version} already; nothing changed.")
+        return
+    start = "" if before is None else f"from version {before} "
+    out.print(f"Model {name}: {alias} moved {start}to version {moved.version}.")
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A registered model's name.")],
+    alias: Annotated[str, typer.Option(help="The alias to move back.")] = "champion",
+    why: Annotated[str | None, typer.Option(help="Why, for the audit log.")] = None,
+) -> None:
+    """Move an alias (the champion by default) back to the version it had before."""
+    with _registry() as registry:
+        before = registry.aliases(name).get(alias)
+        moved = registry.rollback(name, alias=alias, why=why or "manual rollback")
+    out.print(f"Model {name}: {alias} rolled back from version {before} to {moved.version}.")
+
+
+def _aliases(aliases: dict[str, int]) -> str:
+    return ", ".join(f"{alias}={version}" for alias, version in aliases.items())
+
+
 def _instant(text: str, option: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text)
@@ -514,6 +671,17 @@ def _runner() -> Iterator[Runner]:
         yield runner
     finally:
         runner.metadata.close()
+
+
+@contextmanager
+def _registry() -> Iterator[Registry]:
+    """The registry of the configured stores, sharing the command's open connections."""
+    with _runner() as runner:
+        register_stores(runner.metadata, runner.artifacts)
+        try:
+            yield Registry(Workspace(runner.metadata.url, runner.artifacts.url))
+        finally:
+            forget_stores(runner.metadata, runner.artifacts)
 
 
 def _parse_params(items: list[str]) -> dict[str, str]:

@@ -47,6 +47,9 @@ __all__ = [
     "MaterializationRecord",
     "MetadataStore",
     "MetricRecord",
+    "ModelAuditRecord",
+    "ModelVersionRecord",
+    "RegisteredModelRecord",
     "RunRecord",
     "StepRecord",
     "new_id",
@@ -55,6 +58,7 @@ __all__ = [
 RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
 STEP_STATUSES = ("running", "succeeded", "cached", "failed", "skipped")
 DATASET_STATUSES = ("ok", "warned", "failed")
+MODEL_VERSION_STATUSES = ("registered", "blessed", "refused")
 
 
 def new_id() -> str:
@@ -200,6 +204,66 @@ class MaterializationRecord:
     """The newest event time written (UNIX seconds); the view's freshness is now minus it."""
     run_id: str | None
     created_at: float
+
+
+@dataclass(frozen=True)
+class RegisteredModelRecord:
+    """A registered model: its name, how many versions it has, and its aliases."""
+
+    name: str
+    description: str | None
+    created_at: float
+    versions: int
+    latest: int | None
+    """The newest version number (what ``NAME@latest`` names), or None before the first."""
+    aliases: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    """A version of a registered model: the bundle it stores and where it came from."""
+
+    id: str
+    model: str
+    version: int
+    artifact_id: str
+    content_hash: str
+    run_id: str | None
+    step_id: str | None
+    status: str
+    """``registered``; ``blessed`` once it passed the gate; ``refused`` once it failed it."""
+    created_at: float
+    metrics: dict[str, float | None]
+    tags: dict[str, str]
+    datasets: list[str]
+    """The dataset versions it was trained on (``name@version`` or ids)."""
+    features: list[str]
+    """The feature versions it was trained on (``view@sha256``)."""
+    aliases: tuple[str, ...] = ()
+    """The aliases that point at it now, sorted."""
+
+    @property
+    def ref(self) -> str:
+        """How a person names this version: ``model@version``."""
+        return f"{self.model}@{self.version}"
+
+
+@dataclass(frozen=True)
+class ModelAuditRecord:
+    """One entry of a model's audit log: a register, promote, rollback or refusal."""
+
+    id: int
+    model: str
+    alias: str | None
+    action: str
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    created_at: float
+    why: str | None
+    metrics: dict[str, float | None]
+    verdict: dict[str, Any] | None
+    """The gate's verdict (``Verdict.to_dict()``) behind a promote or a refusal, if any."""
 
 
 @dataclass(frozen=True)
@@ -854,6 +918,394 @@ class MetadataStore:
                 MaterializationRecord(**dict(r._mapping)) for r in conn.execute(query.limit(limit))
             ]
 
+    # -- registry ------------------------------------------------------------------------
+    #
+    # Every write locks the model's row first (FOR UPDATE on PostgreSQL; SQLite writes are
+    # serialized by BEGIN IMMEDIATE), so version numbers, alias moves and the audit log
+    # stay consistent when several processes register or promote at once.
+
+    def register_model_version(
+        self,
+        *,
+        model: str,
+        artifact_id: str,
+        content_hash: str,
+        actor: str,
+        metrics: Mapping[str, float | None] | None = None,
+        run_id: str | None = None,
+        step_id: str | None = None,
+        datasets: Sequence[str] = (),
+        features: Sequence[str] = (),
+        tags: Mapping[str, str] | None = None,
+        description: str | None = None,
+    ) -> tuple[ModelVersionRecord, bool]:
+        """Record a new version of ``model`` (numbered from 1), creating the model if new.
+
+        A bundle whose content hash the model already has is not registered again: the
+        existing version comes back, with ``False`` (``True`` when a version was created).
+        A new version writes a ``register`` entry to the audit log.
+        """
+        now = time.time()
+        clean = {k: _metric_value(k, v) for k, v in (metrics or {}).items()}
+        with self._write() as conn:
+            self._lock_model(conn, model, description=description, now=now)
+            found = conn.execute(
+                sa.select(t.model_versions).where(
+                    (t.model_versions.c.model == model)
+                    & (t.model_versions.c.content_hash == content_hash)
+                )
+            ).first()
+            if found is not None:
+                record = _model_version(found, self._aliases_of(conn, model))
+                return record, False
+            latest = conn.execute(
+                sa.select(sa.func.max(t.model_versions.c.version)).where(
+                    t.model_versions.c.model == model
+                )
+            ).scalar()
+            version = int(latest or 0) + 1
+            row = {
+                "id": new_id(),
+                "model": model,
+                "version": version,
+                "artifact_id": artifact_id,
+                "content_hash": content_hash,
+                "run_id": run_id,
+                "step_id": step_id,
+                "status": "registered",
+                "created_at": now,
+                "metrics": _dumps(clean),
+                "tags": _dumps(dict(tags or {})),
+                "datasets": _dumps(list(datasets)),
+                "features": _dumps(list(features)),
+            }
+            conn.execute(t.model_versions.insert(), row)
+            self._audit(
+                conn,
+                model=model,
+                alias=None,
+                action="register",
+                from_version=None,
+                to_version=version,
+                actor=actor,
+                why=None,
+                metrics=clean,
+                verdict=None,
+                now=now,
+            )
+            record = _model_version(
+                conn.execute(
+                    sa.select(t.model_versions).where(t.model_versions.c.id == row["id"])
+                ).one(),
+                self._aliases_of(conn, model),
+            )
+        return record, True
+
+    def registered_models(self) -> list[RegisteredModelRecord]:
+        """Every registered model, by name."""
+        with self._read() as conn:
+            return self._registered_models(conn, None)
+
+    def registered_model(self, name: str) -> RegisteredModelRecord | None:
+        """The registered model ``name``, or None."""
+        with self._read() as conn:
+            found = self._registered_models(conn, name)
+        return found[0] if found else None
+
+    def model_versions(self, model: str) -> list[ModelVersionRecord]:
+        """The versions of ``model``, oldest first (none for an unknown model)."""
+        query = (
+            sa.select(t.model_versions)
+            .where(t.model_versions.c.model == model)
+            .order_by(t.model_versions.c.version)
+        )
+        with self._read() as conn:
+            aliases = self._aliases_of(conn, model)
+            return [_model_version(r, aliases) for r in conn.execute(query)]
+
+    def model_version(self, model: str, version: int) -> ModelVersionRecord | None:
+        """Version ``version`` of ``model``, or None."""
+        query = sa.select(t.model_versions).where(
+            (t.model_versions.c.model == model) & (t.model_versions.c.version == version)
+        )
+        with self._read() as conn:
+            found = conn.execute(query).first()
+            return None if found is None else _model_version(found, self._aliases_of(conn, model))
+
+    def model_aliases(self, model: str) -> dict[str, int]:
+        """Alias -> version for ``model``, by alias name."""
+        with self._read() as conn:
+            return self._aliases_of(conn, model)
+
+    def move_model_alias(
+        self,
+        model: str,
+        alias: str,
+        version: int,
+        *,
+        actor: str,
+        why: str | None,
+        action: str = "promote",
+        metrics: Mapping[str, float | None] | None = None,
+        verdict: Mapping[str, Any] | None = None,
+        status: str | None = None,
+    ) -> ModelAuditRecord | None:
+        """Point ``alias`` of ``model`` at ``version`` and write the move to the audit log.
+
+        ``metrics`` default to the version's own. ``status``, when given, becomes the
+        version's status in the same transaction. An alias that already points at
+        ``version`` does not move: nothing is written to the log and None comes back.
+        The caller checks that the version exists.
+        """
+        _check_status(action, ("promote", "rollback"))
+        now = time.time()
+        with self._write() as conn:
+            self._lock_model(conn, model, now=now)
+            if status is not None:
+                self._set_version_status(conn, model, version, status)
+            current = self._aliases_of(conn, model).get(alias)
+            if current == version:
+                return None
+            return self._move(
+                conn, model, alias, current, version, action, actor, why, metrics, verdict, now
+            )
+
+    def rollback_model_alias(
+        self, model: str, alias: str, *, actor: str, why: str | None
+    ) -> ModelAuditRecord | None:
+        """Move ``alias`` back to the version it pointed at before its last promotion.
+
+        The alias's moves in the audit log form a stack: each promote pushes the version
+        it moved away from, each rollback pops one. So repeated rollbacks walk back through
+        earlier versions, and a rollback is never undone by the next one. None comes back
+        (and nothing is written) when there is no earlier version to return to.
+        """
+        now = time.time()
+        with self._write() as conn:
+            self._lock_model(conn, model, now=now)
+            moves = conn.execute(
+                sa.select(t.model_audit.c.action, t.model_audit.c.from_version)
+                .where(
+                    (t.model_audit.c.model == model)
+                    & (t.model_audit.c.alias == alias)
+                    & t.model_audit.c.action.in_(("promote", "rollback"))
+                )
+                .order_by(t.model_audit.c.id)
+            ).all()
+            history: list[int | None] = []
+            for move in moves:
+                if move.action == "promote":
+                    history.append(move.from_version)
+                elif history:
+                    history.pop()
+            if not history or history[-1] is None:
+                return None
+            current = self._aliases_of(conn, model).get(alias)
+            return self._move(
+                conn, model, alias, current, history[-1], "rollback", actor, why, None, None, now
+            )
+
+    def refuse_model_version(
+        self,
+        model: str,
+        version: int,
+        *,
+        alias: str,
+        actor: str,
+        why: str | None,
+        verdict: Mapping[str, Any],
+        metrics: Mapping[str, float | None] | None = None,
+    ) -> ModelAuditRecord:
+        """Mark ``version`` refused by the gate for ``alias``, and log the verdict."""
+        now = time.time()
+        with self._write() as conn:
+            self._lock_model(conn, model, now=now)
+            self._set_version_status(conn, model, version, "refused")
+            if metrics is None:
+                metrics = self._version_metrics(conn, model, version)
+            return self._audit(
+                conn,
+                model=model,
+                alias=alias,
+                action="refuse",
+                from_version=self._aliases_of(conn, model).get(alias),
+                to_version=version,
+                actor=actor,
+                why=why,
+                metrics=metrics,
+                verdict=verdict,
+                now=now,
+            )
+
+    def set_model_version_tags(self, model: str, version: int, tags: Mapping[str, str]) -> None:
+        """Add ``tags`` to a version (replacing the same keys)."""
+        key = (t.model_versions.c.model == model) & (t.model_versions.c.version == version)
+        with self._write() as conn:
+            found = conn.execute(sa.select(t.model_versions.c.tags).where(key)).scalar()
+            merged = {**orjson.loads(found or "{}"), **tags}
+            conn.execute(t.model_versions.update().where(key).values(tags=_dumps(merged)))
+
+    def model_audit(self, model: str, *, alias: str | None = None) -> list[ModelAuditRecord]:
+        """The audit log of ``model`` (or of one alias of it), oldest first."""
+        query = (
+            sa.select(t.model_audit)
+            .where(t.model_audit.c.model == model)
+            .order_by(t.model_audit.c.id)
+        )
+        if alias is not None:
+            query = query.where(t.model_audit.c.alias == alias)
+        with self._read() as conn:
+            return [_audit_entry(r) for r in conn.execute(query)]
+
+    def _lock_model(
+        self, conn: Connection, model: str, *, now: float, description: str | None = None
+    ) -> None:
+        """Create the model's row if it is new, and hold it until the transaction ends."""
+        insert: Any
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        conn.execute(
+            insert(t.registered_models)
+            .values(name=model, description=description, created_at=now)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        key = t.registered_models.c.name == model
+        conn.execute(sa.select(t.registered_models.c.name).where(key).with_for_update()).one()
+        if description is not None:
+            conn.execute(t.registered_models.update().where(key).values(description=description))
+
+    def _move(
+        self,
+        conn: Connection,
+        model: str,
+        alias: str,
+        current: int | None,
+        version: int,
+        action: str,
+        actor: str,
+        why: str | None,
+        metrics: Mapping[str, float | None] | None,
+        verdict: Mapping[str, Any] | None,
+        now: float,
+    ) -> ModelAuditRecord:
+        key = (t.model_aliases.c.model == model) & (t.model_aliases.c.alias == alias)
+        if current is None:
+            conn.execute(
+                t.model_aliases.insert(),
+                {"model": model, "alias": alias, "version": version, "updated_at": now},
+            )
+        else:
+            conn.execute(
+                t.model_aliases.update().where(key).values(version=version, updated_at=now)
+            )
+        if metrics is None:
+            metrics = self._version_metrics(conn, model, version)
+        return self._audit(
+            conn,
+            model=model,
+            alias=alias,
+            action=action,
+            from_version=current,
+            to_version=version,
+            actor=actor,
+            why=why,
+            metrics=metrics,
+            verdict=verdict,
+            now=now,
+        )
+
+    def _audit(
+        self,
+        conn: Connection,
+        *,
+        model: str,
+        alias: str | None,
+        action: str,
+        from_version: int | None,
+        to_version: int | None,
+        actor: str,
+        why: str | None,
+        metrics: Mapping[str, float | None],
+        verdict: Mapping[str, Any] | None,
+        now: float,
+    ) -> ModelAuditRecord:
+        row = {
+            "model": model,
+            "alias": alias,
+            "action": action,
+            "from_version": from_version,
+            "to_version": to_version,
+            "actor": actor,
+            "created_at": now,
+            "why": why,
+            "metrics": _dumps({k: _metric_value(k, v) for k, v in metrics.items()}),
+            "verdict": None if verdict is None else _dumps(dict(verdict)),
+        }
+        inserted = conn.execute(t.model_audit.insert(), row).inserted_primary_key
+        return _audit_entry({**row, "id": int(inserted[0]) if inserted else 0})
+
+    def _set_version_status(self, conn: Connection, model: str, version: int, status: str) -> None:
+        _check_status(status, MODEL_VERSION_STATUSES)
+        conn.execute(
+            t.model_versions.update()
+            .where((t.model_versions.c.model == model) & (t.model_versions.c.version == version))
+            .values(status=status)
+        )
+
+    def _version_metrics(self, conn: Connection, model: str, version: int) -> dict[str, Any]:
+        found = conn.execute(
+            sa.select(t.model_versions.c.metrics).where(
+                (t.model_versions.c.model == model) & (t.model_versions.c.version == version)
+            )
+        ).scalar()
+        return dict(orjson.loads(found or "{}"))
+
+    def _aliases_of(self, conn: Connection, model: str) -> dict[str, int]:
+        query = (
+            sa.select(t.model_aliases.c.alias, t.model_aliases.c.version)
+            .where(t.model_aliases.c.model == model)
+            .order_by(t.model_aliases.c.alias)
+        )
+        return {str(r.alias): int(r.version) for r in conn.execute(query)}
+
+    def _registered_models(self, conn: Connection, name: str | None) -> list[RegisteredModelRecord]:
+        counts = (
+            sa.select(
+                t.model_versions.c.model,
+                sa.func.count().label("versions"),
+                sa.func.max(t.model_versions.c.version).label("latest"),
+            )
+            .group_by(t.model_versions.c.model)
+            .subquery()
+        )
+        query = (
+            sa.select(t.registered_models, counts.c.versions, counts.c.latest)
+            .select_from(
+                t.registered_models.outerjoin(counts, counts.c.model == t.registered_models.c.name)
+            )
+            .order_by(t.registered_models.c.name)
+        )
+        aliases = sa.select(t.model_aliases).order_by(t.model_aliases.c.alias)
+        if name is not None:
+            query = query.where(t.registered_models.c.name == name)
+            aliases = aliases.where(t.model_aliases.c.model == name)
+        by_model: dict[str, dict[str, int]] = {}
+        for a in conn.execute(aliases):
+            by_model.setdefault(str(a.model), {})[str(a.alias)] = int(a.version)
+        return [
+            RegisteredModelRecord(
+                name=r.name,
+                description=r.description,
+                created_at=r.created_at,
+                versions=int(r.versions or 0),
+                latest=None if r.latest is None else int(r.latest),
+                aliases=by_model.get(r.name, {}),
+            )
+            for r in conn.execute(query)
+        ]
+
     # -- cache ---------------------------------------------------------------------------
 
     def lookup_cache(self, cache_key: str) -> tuple[ArtifactRecord, str] | None:
@@ -1032,6 +1484,21 @@ def _dataset(row: Any) -> DatasetRecord:
     values["cursor"] = None if values["cursor"] is None else orjson.loads(values["cursor"])
     values["warnings"] = orjson.loads(values["warnings"])
     return DatasetRecord(**values)
+
+
+def _model_version(row: Any, aliases: Mapping[str, int]) -> ModelVersionRecord:
+    values = dict(row._mapping)
+    for key in ("metrics", "tags", "datasets", "features"):
+        values[key] = orjson.loads(values[key])
+    names = tuple(sorted(a for a, v in aliases.items() if v == values["version"]))
+    return ModelVersionRecord(**values, aliases=names)
+
+
+def _audit_entry(row: Any) -> ModelAuditRecord:
+    values = dict(row if isinstance(row, Mapping) else row._mapping)
+    values["metrics"] = orjson.loads(values["metrics"])
+    values["verdict"] = None if values["verdict"] is None else orjson.loads(values["verdict"])
+    return ModelAuditRecord(**values)
 
 
 def _feature_view(row: Any) -> FeatureViewRecord:

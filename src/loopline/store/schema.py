@@ -33,13 +33,17 @@ __all__ = [
     "lineage",
     "materializations",
     "metrics",
+    "model_aliases",
+    "model_audit",
+    "model_versions",
     "params",
+    "registered_models",
     "runs",
     "steps",
     "tags",
 ]
 
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 """The newest Alembic revision; the store migrates any older database up to it."""
 
 METADATA = MetaData()
@@ -227,3 +231,62 @@ materializations = Table(
 )
 """Each fill of the online store from offline data: the view version, the interval, rows
 written and the newest event time written (freshness is now minus that)."""
+
+registered_models = Table(
+    "registered_models",
+    METADATA,
+    Column("name", String(200), primary_key=True),
+    Column("description", Text),
+    Column("created_at", Float, nullable=False),
+)
+"""Registered models by name; each has versions, aliases and an audit log."""
+
+model_versions = Table(
+    "model_versions",
+    METADATA,
+    Column("id", String(32), primary_key=True),
+    Column("model", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("artifact_id", String(64), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("run_id", String(32)),
+    Column("step_id", String(32)),
+    Column("status", String(20), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("metrics", Text, nullable=False, server_default="{}"),
+    Column("tags", Text, nullable=False, server_default="{}"),
+    Column("datasets", Text, nullable=False, server_default="[]"),
+    Column("features", Text, nullable=False, server_default="[]"),
+    UniqueConstraint("model", "version", name="uq_model_versions_model_version"),
+    UniqueConstraint("model", "content_hash", name="uq_model_versions_model_hash"),
+)
+"""Model versions, numbered per model from 1; one per bundle content hash. ``datasets``
+and ``features`` are JSON lists of the dataset and feature versions it was trained on."""
+
+model_aliases = Table(
+    "model_aliases",
+    METADATA,
+    Column("model", String(200), primary_key=True),
+    Column("alias", String(100), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+"""Where each alias of a model points now (``latest`` is computed, never stored)."""
+
+model_audit = Table(
+    "model_audit",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(200), nullable=False),
+    Column("alias", String(100)),
+    Column("action", String(20), nullable=False),
+    Column("from_version", Integer),
+    Column("to_version", Integer),
+    Column("actor", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("why", Text),
+    Column("metrics", Text, nullable=False, server_default="{}"),
+    Column("verdict", Text),
+    Index("ix_model_audit_model", "model", "id"),
+)
+"""Every register, promote, rollback and refusal of a model, oldest first by ``id``."""
