@@ -22,25 +22,43 @@ from loopline.train.evaluate import (
 )
 from loopline.train.export import onnx_inputs, to_mlflow, to_onnx
 from loopline.train.report import render_report
+from loopline.train.search import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    SearchResult,
+    SearchSpace,
+    SearchTrial,
+    lightgbm_objective,
+    search,
+)
 
 __all__ = [
     "ADAPTERS",
     "METRICS",
     "OBJECTIVES",
+    "CategoricalParam",
     "Evaluation",
+    "FloatParam",
+    "IntParam",
     "LightGBMModel",
     "ModelAdapter",
     "ModelBundle",
     "Objective",
     "Preprocessor",
+    "SearchResult",
+    "SearchSpace",
+    "SearchTrial",
     "SklearnModel",
     "XGBoostModel",
     "check_target",
     "evaluate",
     "get_metric",
+    "lightgbm_objective",
     "onnx_inputs",
     "render_report",
     "rolling_origin",
+    "search",
     "summarize_folds",
     "time_holdout",
     "to_mlflow",
