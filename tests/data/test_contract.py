@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loopline.data import contract as contract_module
 from loopline.data.contract import (
     RULE_ORDER,
     Checked,
@@ -35,6 +36,8 @@ from loopline.data.contract import (
     Validator,
     Volume,
     _duplicates,
+    _edges_are_clean,
+    _is_one_of,
     _KeySet,
 )
 from loopline.data.files import Files
@@ -148,6 +151,76 @@ def test_null_values_become_null_before_other_checks() -> None:
 def test_whitespace_around_numbers_is_ignored_but_strings_are_kept() -> None:
     assert passed(one(Column("int32"), [" 7", "8 ", "\t9"])) == [7, 8, 9]
     assert passed(one(Column("string"), [" a "])) == [" a "]
+
+
+def test_edges_are_clean_only_when_stripping_would_change_nothing() -> None:
+    assert _edges_are_clean(pa.array(["1", "2.5", None, "", "2013-01-01T00:00:00"]))
+    assert _edges_are_clean(pa.array(["a b", "x"], pa.large_string()))
+    for dirty in (" 1", "1 ", "\t1", "1\r", "\u00a01", "1\u3000", "é"):
+        assert not _edges_are_clean(pa.array(["7", dirty, "8"]))
+    sliced = pa.array([" 1", "2", "3 "])
+    assert _edges_are_clean(sliced.slice(1, 1))
+    assert not _edges_are_clean(sliced.slice(1, 2))
+    assert not _edges_are_clean(pa.array(["1"]).dictionary_encode())  # not looked into
+
+
+_texts = st.lists(
+    st.one_of(
+        st.none(),
+        st.text(alphabet=" \t\u00a0\u20070123456789.-+eEnaxT:", max_size=8),
+        st.sampled_from(["1", "-2", "3.5", "1e3", "nan", "inf", "2013-01-01", "", " 4 "]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(parts=st.lists(_texts, min_size=1, max_size=3))
+def test_columns_without_white_space_at_the_ends_parse_as_if_stripped(
+    parts: list[list[str | None]],
+) -> None:
+    contract = Contract(
+        "t",
+        {
+            "i": Column("int64"),
+            "f": Column("float64"),
+            "d": Column("date"),
+            "t": Column("datetime"),
+            "b": Column("bool", true_values=("1",), false_values=("-2",)),
+        },
+        max_bad_fraction=1.0,
+    )
+
+    def outcome() -> list[tuple[Any, Any]]:
+        validator, start, results = contract.validator(), 2, []
+        for values in parts:
+            table = pa.table({name: pa.array(values, pa.string()) for name in "ifdtb"})
+            checked = validator.check(chunk(table, start=start))
+            results.append((checked.passed.to_pylist(), checked.quarantined.to_pylist()))
+            start += len(values)
+        return results
+
+    fast = outcome()
+    with pytest.MonkeyPatch.context() as always_strip:
+        always_strip.setattr(contract_module, "_edges_are_clean", lambda array: False)
+        assert outcome() == fast
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.none(), st.sampled_from(["EUR", "USD", "", "eur", "NOK "])), max_size=20
+    ),
+    allowed=st.lists(st.text(alphabet="EURSDNOK ", max_size=4), min_size=1, max_size=12),
+)
+def test_a_few_allowed_strings_are_compared_as_a_lookup_would(
+    values: list[str | None], allowed: list[str]
+) -> None:
+    frame = pl.DataFrame({"v": pl.Series(values, dtype=pl.String)})
+    reference = pl.Series(allowed, dtype=pl.String)
+    found = frame.select(_is_one_of(pl.col("v"), reference)).to_series().to_list()
+    assert found == frame.select(pl.col("v").is_in(reference.implode())).to_series().to_list()
 
 
 def test_int32_overflow_is_a_type_violation() -> None:

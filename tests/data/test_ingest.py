@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 
 from loopline import step
 from loopline.config import Settings
+from loopline.data import profile as profile_module
 from loopline.data.contract import Column, Contract
 from loopline.data.ingest import Dataset, ingest, read_dataset, read_quarantine
+from loopline.data.profile import Profile
 from loopline.data.sources.files import FileSource
 from loopline.data.sources.sql import SQLSource
 from loopline.data.workspace import Workspace
@@ -148,6 +150,45 @@ def test_sql_cursor_reads_only_new_rows(tmp_path: Path, ws: Workspace) -> None:
     assert (second.dataset.cursor, second.parts_read, second.dataset.rows) == (3, 1, 3)
     assert read_dataset(second.dataset, workspace=ws).column("id").to_pylist() == [1, 2, 3]
     assert (third.dataset.rows, third.dataset.cursor) == (3, 3)
+
+
+def test_a_part_profiled_in_an_older_format_is_read_again_not_reused(
+    tmp_path: Path, ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = FileSource(str(write(tmp_path / "a.csv", "id,city,km\n1,Oslo,2.5\n")))
+    with monkeypatch.context() as patched:  # the profiles an older loopline wrote
+        patched.setattr(profile_module, "FORMAT", "loopline.profile/1")
+        first = ingest(source, contract=TRIPS, workspace=ws)
+
+    again = ingest(source, contract=TRIPS, workspace=ws)
+    twice = ingest(source, contract=TRIPS, workspace=ws)
+
+    assert (again.parts_read, again.parts_reused) == (1, 0)
+    assert again.dataset.content_hash == first.dataset.content_hash
+    assert again.dataset.profile_hash is not None
+    assert Profile.from_json(ws.artifacts.read_bytes(again.dataset.profile_hash)).rows == 1
+    assert (twice.parts_read, twice.parts_reused) == (0, 1)
+
+
+def test_appending_to_parts_profiled_in_an_older_format_says_how_to_rebuild(
+    tmp_path: Path, ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "events.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE events (id INTEGER, city TEXT, km REAL)")
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?)", [(1, "Oslo", 1.0)])
+    source = SQLSource(f"sqlite:///{db}", table="events", cursor="id")
+    with monkeypatch.context() as patched:
+        patched.setattr(profile_module, "FORMAT", "loopline.profile/1")
+        ingest(source, name="trips", contract=TRIPS, workspace=ws)
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?)", [(2, "Lima", 2.0)])
+
+    with pytest.raises(ContractError, match="incremental=False"):
+        ingest(source, name="trips", contract=TRIPS, workspace=ws)
+    rebuilt = ingest(source, name="trips", contract=TRIPS, incremental=False, workspace=ws)
+
+    assert rebuilt.dataset.rows == 2
 
 
 def test_a_pinned_version_reads_the_same_bytes(tmp_path: Path, ws: Workspace) -> None:

@@ -7,6 +7,7 @@ tolerance for mean and std, and within the sketch's rank error for quantiles.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import math
@@ -24,6 +25,7 @@ from rich.console import Console
 
 from loopline.data.profile import (
     EXACT_DISTINCT,
+    FREQUENT_ITEMS,
     BooleanProfile,
     NullProfile,
     NumericProfile,
@@ -32,6 +34,7 @@ from loopline.data.profile import (
     QuantileSketch,
     StringProfile,
     TemporalProfile,
+    _string_hashes,
     profile_table,
     render_profile,
 )
@@ -429,6 +432,64 @@ def test_merging_past_the_exact_limit_switches_to_sketches() -> None:
         assert column.distinct == pytest.approx(2 * half + 2, rel=0.05)
 
 
+def test_string_hashes_are_pinned_and_independent_of_the_array_layout() -> None:
+    # Sketches stored by one version merge with the next one's only if the hash stays.
+    values = ["", "a", "loopline", "é" * 5, "x" * 300]
+    assert [hex(h) for h in _string_hashes(pa.array(values)).tolist()] == [
+        "0xa4cf055a784af0ea",
+        "0x289f5d6298b9916e",
+        "0xe1ee9239dc514d4d",
+        "0x719df96e41447dd8",
+        "0x1546d9cac139b512",
+    ]
+    long = hashlib.blake2b(b"x" * 300, digest_size=8).digest()
+    assert int(_string_hashes(pa.array(["x" * 300]))[0]) == int.from_bytes(long, "little")
+    texts = ["".join(chr(97 + (i * j) % 26) for j in range(i)) for i in range(300)]
+    whole = _string_hashes(pa.array(texts, pa.large_string()))
+    assert len(set(whole.tolist())) == len(texts)
+    assert np.array_equal(_string_hashes(pa.array(texts[5:50])), whole[5:50])
+    assert np.array_equal(_string_hashes(pa.array(texts).slice(5, 45)), whole[5:50])
+
+
+def test_distinct_counts_past_the_exact_limit_are_exact_below_the_sketch_size() -> None:
+    values = [f"v{i % 3_000}" for i in range(9_000)]
+    table = pa.table({"v": values})
+    whole = _strings(profile_table(table), "v")
+    assert (whole.distinct_is_exact, whole.distinct) == (False, 3_000)
+    # The smallest hashes of a union do not depend on how the rows were split.
+    for cuts in ([1], [4_500], [100, 2_000, 8_999]):
+        assert _strings(_merged(table, cuts), "v").distinct_sketch == whole.distinct_sketch
+
+
+@PROPERTY
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    exponent=st.floats(1.05, 2.5),
+    cuts=st.lists(st.integers(0, 6_000), max_size=6),
+)
+def test_frequent_values_of_merged_parts_stay_within_the_stated_error(
+    seed: int, exponent: float, cuts: list[int]
+) -> None:
+    rng = np.random.default_rng(seed)
+    values = np.char.add("k", rng.zipf(exponent, 6_000).astype(str))
+    table = pa.table({"v": pa.array(values)})
+    truth = dict(zip(*np.unique(values, return_counts=True), strict=True))
+    column = _strings(_merged(table, cuts), "v")
+    if column.counts is not None:
+        assert dict(column.counts) == truth
+        return
+    error = column.frequent_error
+    assert error <= len(values) / (FREQUENT_ITEMS + 1)
+    listed = dict(column.frequent)
+    for value, count in truth.items():
+        assert listed.get(value, 0) <= count <= listed.get(value, 0) + error
+    top = column.top(len(truth))
+    for value, reported in top:
+        assert error < reported - error <= truth[value] <= reported
+    # Every value more frequent than twice the error is surely listed.
+    assert {v for v, n in truth.items() if n > 2 * error} <= {v for v, _ in top}
+
+
 def test_merge_is_associative() -> None:
     rng = np.random.default_rng(5)
     size = 30_000
@@ -532,7 +593,7 @@ def test_json_round_trips_exactly_and_is_deterministic() -> None:
     assert _merged(table, [5_000, 12_345]).to_json() == data  # same data and chunks: same bytes
     assert profile_table(table).to_json() == profile_table(table).to_json()
     decoded = orjson.loads(data)
-    assert decoded["format"] == "loopline.profile/1"
+    assert decoded["format"] == "loopline.profile/2"
     assert [c["kind"] for c in decoded["columns"]] == [
         "numeric",
         "numeric",
@@ -562,7 +623,7 @@ def _with_column(**fields: object) -> bytes:
     common = {"name": "x", "dtype": "?", "rows": 1, "nulls": 0, "min": 1, "max": 1}
     column = {**common, "moments": [1, 1.0, 0.0], "min_length": 1, "max_length": 1}
     column = {**column, "total_length": 1, **fields}
-    return orjson.dumps({"format": "loopline.profile/1", "rows": 1, "columns": [column]})
+    return orjson.dumps({"format": "loopline.profile/2", "rows": 1, "columns": [column]})
 
 
 @pytest.mark.parametrize(
@@ -571,10 +632,18 @@ def _with_column(**fields: object) -> bytes:
         b"not json",
         b"[]",
         b'{"format": "something/else", "rows": 0, "columns": []}',
-        b'{"format": "loopline.profile/1", "rows": 1, "columns": [{"kind": "mystery"}]}',
-        b'{"format": "loopline.profile/1", "rows": 1, "columns": [{"kind": "numeric"}]}',
+        b'{"format": "loopline.profile/1", "rows": 0, "columns": []}',  # the DataSketches era
+        b'{"format": "loopline.profile/2", "rows": 1, "columns": [{"kind": "mystery"}]}',
+        b'{"format": "loopline.profile/2", "rows": 1, "columns": [{"kind": "numeric"}]}',
         _with_column(kind="numeric", nans=0, pos_inf=0, neg_inf=0, quantiles="AAAA"),
-        _with_column(kind="string", frequent="AAAA", distinct="AAAA"),
+        _with_column(kind="string", frequent="AAAA", frequent_error=0, distinct=""),
+        _with_column(kind="string", frequent=[["a", 0]], frequent_error=0, distinct=""),
+        _with_column(kind="string", frequent=[], frequent_error=-1, distinct=""),
+        _with_column(kind="string", frequent=[], frequent_error=0, distinct="AAAA"),
+        # two hashes, not in increasing order
+        _with_column(
+            kind="string", frequent=[], frequent_error=0, distinct="AgAAAAAAAAABAAAAAAAAAA=="
+        ),
     ],
 )
 def test_bytes_that_are_not_a_profile_are_reported(data: bytes) -> None:

@@ -42,6 +42,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,6 +60,7 @@ import pyarrow as pa
 import yaml
 
 from loopline.data.files import Files
+from loopline.data.profile import _to_polars
 from loopline.data.sources.base import (
     LOCATION,
     QUARANTINE_SCHEMA,
@@ -1135,7 +1137,8 @@ class Validator:
         self.examples_: dict[tuple[str, str | None], str] = {}
         self.newest_: Any = None
         self.schema_changes_ = SchemaChange()
-        self._plans: dict[pa.Schema, _Plan] = {}
+        self._types: dict[pa.Schema, dict[str, pl.DataType]] = {}
+        self._plans: dict[tuple[pa.Schema, frozenset[str]], _Plan] = {}
         self._keysets = [_KeySet() for _ in contract.keys]
 
     def check(self, chunk: Chunk) -> Checked:
@@ -1146,9 +1149,8 @@ class Validator:
         batch = chunk.batch
         if not batch.schema.names or batch.schema.names[-1] != LOCATION:
             raise ValueError(f"A chunk's last column must be {LOCATION!r}; got {batch.schema}.")
-        plan = self._plan(batch.schema, chunk.source)
-        original = pl.from_arrow(batch)
-        assert isinstance(original, pl.DataFrame)  # a RecordBatch always gives a DataFrame
+        plan = self._plan(batch, chunk.source)
+        original = _to_polars(batch)
         frame = original.with_columns(plan.stage0).select(plan.stage1)
         if plan.stage2:
             frame = frame.with_columns(plan.stage2)
@@ -1254,10 +1256,28 @@ class Validator:
 
     # -- per chunk -------------------------------------------------------------------------
 
-    def _plan(self, schema: pa.Schema, source: str) -> _Plan:
-        plan = self._plans.get(schema)
-        if plan is not None:
-            return plan
+    def _plan(self, batch: pa.RecordBatch, source: str) -> _Plan:
+        """The plan for the batch's schema, without stripping the text columns that have
+        no white space at their values' ends (stripping is a copy of the column)."""
+        schema = batch.schema
+        types = self._types.get(schema)
+        if types is None:
+            types = self._check_schema(schema, source)
+        unstripped = frozenset(
+            name
+            for name, column in self.contract.columns.items()
+            if column.type != "string"
+            and types.get(name) == pl.String
+            and _edges_are_clean(batch.column(name))
+        )
+        plan = self._plans.get((schema, unstripped))
+        if plan is None:
+            plan = _build_plan(self.contract, types, self._allowed_values(), unstripped)
+            self._plans[(schema, unstripped)] = plan
+        return plan
+
+    def _check_schema(self, schema: pa.Schema, source: str) -> dict[str, pl.DataType]:
+        """Check a new input schema against the policy; its columns' Polars types."""
         contract = self.contract
         names = schema.names[:-1]
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -1285,10 +1305,9 @@ class Validator:
                 changes=refused.describe(),
             )
         self.schema_changes_ = self.schema_changes_.merge(change)
-        polars_types = dict(zip(names, _polars_types(schema), strict=True))
-        plan = _build_plan(contract, polars_types, self._allowed_values())
-        self._plans[schema] = plan
-        return plan
+        types = dict(zip(names, _polars_types(schema), strict=True))
+        self._types[schema] = types
+        return types
 
     def _allowed_values(self) -> dict[str, pl.Series]:
         return {
@@ -1452,6 +1471,41 @@ class Validator:
 # -- the plan: expressions for one input schema ---------------------------------------------------
 
 
+def _edges_are_clean(array: pa.Array) -> bool:
+    """Whether no value of a string array starts or ends with white space.
+
+    Reads only each value's first and last byte, from the Arrow buffers. Any byte that
+    may be (part of) white space as ``str.strip_chars`` sees it answers False (strip, to
+    be safe): a control character or space (up to 32) or a byte of a non-ASCII character
+    (128 and up); so does any array type but ``string`` and ``large_string``.
+    """
+    if array.type == pa.string():
+        width: type[np.signedinteger[Any]] = np.int32
+    elif array.type == pa.large_string():
+        width = np.int64
+    else:
+        return False
+    if not len(array):
+        return True
+    _, offsets_buffer, data_buffer = array.buffers()
+    size = np.dtype(width).itemsize
+    offsets = np.frombuffer(
+        offsets_buffer, dtype=width, count=len(array) + 1, offset=array.offset * size
+    )
+    starts, ends = offsets[:-1], offsets[1:]
+    filled = ends > starts  # null slots and empty values have no ends to look at
+    if not filled.all():
+        starts, ends = starts[filled], ends[filled]
+    if not len(starts):
+        return True
+    data = np.frombuffer(data_buffer, dtype=np.uint8)
+    printable = np.uint8(33), np.uint8(127 - 33)  # 33..126 once shifted: 0..93, else > 93
+    for edge in (np.take(data, starts), np.take(data, ends - 1)):
+        if np.any((edge - printable[0]) > printable[1]):
+            return False
+    return True
+
+
 def _polars_types(schema: pa.Schema) -> list[pl.DataType]:
     empty = pl.from_arrow(schema.empty_table())
     assert isinstance(empty, pl.DataFrame)  # a Table always gives a DataFrame
@@ -1459,20 +1513,32 @@ def _polars_types(schema: pa.Schema) -> list[pl.DataType]:
 
 
 def _build_plan(
-    contract: Contract, types: Mapping[str, pl.DataType], references: Mapping[str, pl.Series]
+    contract: Contract,
+    types: Mapping[str, pl.DataType],
+    references: Mapping[str, pl.Series],
+    unstripped: frozenset[str] = frozenset(),
 ) -> _Plan:
+    """The expressions for one input schema; text in ``unstripped`` columns is parsed as it
+    is (none of it has white space to strip)."""
     stage0: list[pl.Expr] = []
     stage1: list[pl.Expr] = []
     stage2: list[pl.Expr] = []
     by_kind: dict[str, list[_Check]] = {kind: [] for kind in RULE_ORDER}
     for i, (name, column) in enumerate(contract.columns.items()):
         source = types[name]
-        value, bad, reason = _coerce(name, column, source, original=pl.col(f"{_PRIVATE}o{name}"))
+        value, finish, bad, reason = _coerce(
+            name,
+            column,
+            source,
+            original=pl.col(f"{_PRIVATE}o{name}"),
+            strip=name not in unstripped,
+        )
         type_mask, coerced = f"{_PRIVATE}type{i}", f"{_PRIVATE}v{i}"
         stage0.append(value.alias(coerced))
+        finished = finish(pl.col(coerced))
         stage1 += [
-            pl.col(coerced).alias(name),
-            bad(pl.col(coerced)).fill_null(False).alias(type_mask),
+            finished.alias(name),
+            bad(finished).fill_null(False).alias(type_mask),
         ]
         by_kind["type"].append(_Check("type", "type", name, type_mask, reason))
         v = pl.col(name)
@@ -1515,7 +1581,7 @@ def _build_plan(
         if allowed is not None:
             add(
                 "allowed",
-                v.is_not_null() & ~v.is_in(allowed.implode()),
+                v.is_not_null() & ~_is_one_of(v, allowed),
                 _text(prefix, shown, f" is not {described}"),
             )
         if column.pattern is not None:
@@ -1552,6 +1618,22 @@ def _build_plan(
     return _Plan(stage0, stage1, stage2, checks, keys, list(contract.columns))
 
 
+_FEW_ALLOWED = 8
+"""Up to this many allowed strings are compared one by one rather than looked up."""
+
+
+def _is_one_of(value: pl.Expr, allowed: pl.Series) -> pl.Expr:
+    """Whether ``value`` is among ``allowed`` (null where it is null).
+
+    A few strings are compared one by one: comparing a string with one value is a few
+    byte comparisons, looking it up hashes it first (four times as long for three codes).
+    """
+    if allowed.dtype == pl.String and 0 < len(allowed) <= _FEW_ALLOWED and not allowed.has_nulls():
+        first, *others = (value == pl.lit(item, pl.String) for item in allowed.to_list())
+        return functools.reduce(operator.or_, others, first)
+    return value.is_in(allowed.implode())
+
+
 def _key_hashes(key: tuple[str, ...], contract: Contract) -> list[pl.Expr]:
     """Two 64-bit values per row: the exact value of a one-column integer-like key, else
     two hashes of the key under independent seeds."""
@@ -1570,33 +1652,48 @@ def _as_u64(series: pl.Series) -> npt.NDArray[np.uint64]:
 Mask: TypeAlias = Callable[[pl.Expr], pl.Expr]
 """Given the column of coerced values, the mask of type violations."""
 
+Finish: TypeAlias = Callable[[pl.Expr], pl.Expr]
+"""Given the column of parsed values, the coerced values."""
+
 
 def _never(_: pl.Expr) -> pl.Expr:
     return pl.lit(False)
 
 
-def _coerce(
-    name: str, column: Column, source: pl.DataType, *, original: pl.Expr
-) -> tuple[pl.Expr, Mask, pl.Expr]:
-    """The coerced value, its type violations, and the violation's message.
+def _identity(value: pl.Expr) -> pl.Expr:
+    return value
 
-    The value is computed once into its own column; the mask reads it from there (and the
-    input from ``name``). The message reads the value as read from ``original``.
+
+def _coerce(
+    name: str, column: Column, source: pl.DataType, *, original: pl.Expr, strip: bool = True
+) -> tuple[pl.Expr, Finish, Mask, pl.Expr]:
+    """The coerced value, what finishes it, its type violations, and the violation's message.
+
+    The value is computed once into its own column, and finished from there (a float
+    parsed from text loses its non-finite values: parsing twice, once for the test and
+    once for the value, cost as much as the parse); the mask reads the finished value
+    (and the input from ``name``). The message reads the value as read from ``original``.
+    ``strip=False``: no text value has white space at either end (``_edges_are_clean``),
+    so stripping it would change nothing and is left out.
     """
     x = pl.col(name)
     target = column.dtype
     prefix = f"column {name!r}: "
     if source == pl.Null:
-        return x.cast(target), _never, pl.lit("")
+        return x.cast(target), _identity, _never, pl.lit("")
     if source in (pl.String, pl.Categorical) or isinstance(source, pl.Enum):
         raw = x.cast(pl.String) if source != pl.String else x
         text = (
             pl.when(~raw.is_in(list(column.null_values))).then(raw) if column.null_values else raw
         )
         if column.type == "string":
-            return text, _never, pl.lit("")
+            return text, _identity, _never, pl.lit("")
+        finish = _identity
+        if column.type == "float64" and not column.allow_non_finite:
+            finish = _finite
         return (
-            _parse(column, text.str.strip_chars()),
+            _parse(column, text.str.strip_chars() if strip else text),
+            finish,
             lambda value: text.is_not_null() & value.is_null(),
             _text_reason(column, prefix, original.cast(pl.String)),
         )
@@ -1607,6 +1704,7 @@ def _coerce(
         if source == pl.Date:
             return (
                 _localize(x.cast(pl.Datetime("us")), column.timezone),
+                _identity,
                 lambda value: x.is_not_null() & value.is_null(),
                 _text(shown, f"taken as midnight in {column.timezone or 'UTC'}"),
             )
@@ -1619,6 +1717,7 @@ def _coerce(
             )
             return (
                 utc.dt.cast_time_unit("us"),
+                _identity,
                 lambda value: (
                     x.is_not_null()
                     & ~value.dt.cast_time_unit(unit).eq_missing(utc).fill_null(False)
@@ -1630,6 +1729,7 @@ def _coerce(
         unit = source.time_unit
         return (
             naive.dt.date(),
+            _identity,
             lambda value: (
                 x.is_not_null() & ~value.cast(pl.Datetime(unit)).eq_missing(naive).fill_null(False)
             ),
@@ -1639,10 +1739,11 @@ def _coerce(
         if column.type == "float64" and not column.allow_non_finite:
             return (
                 x,
+                _identity,
                 lambda value: value.is_not_null() & ~value.is_finite(),
                 _non_finite_reason(prefix, original),
             )
-        return x, _never, pl.lit("")
+        return x, _identity, _never, pl.lit("")
     if source.is_numeric() and column.type in ("int32", "int64", "float64"):
         finite = column.type != "float64" or column.allow_non_finite
 
@@ -1652,11 +1753,15 @@ def _coerce(
             # A float source's own NaN survives the round trip; refuse it here.
             return mask if finite else mask | (x.is_not_null() & ~value.is_finite())
 
-        return x.cast(target, strict=False), lost, lossy
+        return x.cast(target, strict=False), _identity, lost, lossy
     raise ContractError(  # compare_schema calls this "changed", refused by every policy
         f"Column {name!r} of type {_type_name(source)} cannot be read as {column.type}.",
         column=name,
     )
+
+
+def _finite(value: pl.Expr) -> pl.Expr:
+    return pl.when(value.is_finite()).then(value)
 
 
 def _localize(value: pl.Expr, timezone: str | None, *, cast_unit: bool = True) -> pl.Expr:
@@ -1670,7 +1775,12 @@ def _localize(value: pl.Expr, timezone: str | None, *, cast_unit: bool = True) -
 
 
 def _parse(column: Column, t: pl.Expr) -> pl.Expr:
-    """Text (stripped, never null-valued) as the column's type; null where it does not parse."""
+    """Text (never null-valued, and without white space at its ends) as the column's type;
+    null where it does not parse.
+
+    A float64 keeps its non-finite values here, whatever ``allow_non_finite`` says
+    (``_coerce`` finishes it).
+    """
     kind = column.type
     if kind in ("int32", "int64"):
         if column.thousands is None:
@@ -1700,7 +1810,7 @@ def _parse(column: Column, t: pl.Expr) -> pl.Expr:
                     .then(pl.lit(-math.inf))
                     .otherwise(value)
                 )
-        return value if column.allow_non_finite else pl.when(value.is_finite()).then(value)
+        return value  # non-finite values are nulled by ``_finite``, from the parsed column
     if kind == "bool":
         return (
             pl.when(t.is_in(list(column.true_values)))
@@ -1713,8 +1823,11 @@ def _parse(column: Column, t: pl.Expr) -> pl.Expr:
     if kind == "date":
         return pl.coalesce([t.str.to_date(f, strict=False) for f in formats])
     # A value matches formats with an offset or formats without, never both: the naive ones
-    # are read first and taken in the time zone once (the costly step).
-    parsed = [t.str.to_datetime(f, strict=False, time_unit="us") for f in formats]
+    # are read first and taken in the time zone once (the costly step). Polars' cache of
+    # parsed values pays only when few values repeat very often; timestamps rarely do (it
+    # doubled the parse on the ingest benchmark, and still cost 35% at 720 distinct values
+    # in 172,000).
+    parsed = [t.str.to_datetime(f, strict=False, time_unit="us", cache=False) for f in formats]
     aware = [p for f, p in zip(formats, parsed, strict=True) if _has_offset(f)]
     naive = [p for f, p in zip(formats, parsed, strict=True) if not _has_offset(f)]
     if naive:
@@ -2059,10 +2172,10 @@ def _load_reference(contract: str, name: str, column: Column) -> pl.Series:
                 ) from None
     frame = pl.DataFrame([values.alias(name), values.alias(f"{_PRIVATE}o{name}")])
     try:
-        value, bad, reason = _coerce(
+        value, finish, bad, reason = _coerce(
             name, column, frame.dtypes[0], original=pl.col(f"{_PRIVATE}o{name}")
         )
-        checked = frame.with_columns(value.alias("value")).select(
+        checked = frame.with_columns(finish(value).alias("value")).select(
             "value", bad(pl.col("value")).fill_null(False).alias("bad"), reason.alias("reason")
         )
     except ContractError as exc:
