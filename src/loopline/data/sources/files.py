@@ -37,6 +37,7 @@ import io
 import os
 import posixpath
 import zipfile
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -512,7 +513,7 @@ class _Step:
     """What turns the handled records into chunks (run on a worker thread if parallel)."""
 
 
-class _TextReader:
+class _TextReader(ABC):
     """Reads complete records from the start of a buffer of UTF-8 text."""
 
     parallel = False
@@ -524,17 +525,17 @@ class _TextReader:
         self.encoding = codecs.lookup(encoding).name
         self.is_utf8 = self.encoding in ("utf-8", "utf-8-sig")
 
+    @abstractmethod
     def step(self, buf: bytes, line: int, eof: bool, force: bool) -> _Step:
         """Handle the complete records at the start of ``buf`` (``buf[0]`` is on ``line``).
 
         ``force``: the first record cannot be completed within the record size limit;
         reject its first line and go on with the next one.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def rejects_only(self, rejects: list[_Reject]) -> Chunk | None:
         """A chunk with no rows carrying ``rejects``; None before the columns are known."""
-        raise NotImplementedError
 
     def final_chunk(self) -> Chunk | None:
         """The chunk to yield when the whole file gave none (a header and no rows)."""
