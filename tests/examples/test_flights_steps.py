@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pytest
@@ -29,6 +28,7 @@ from flights_example import pipeline
 from loopline import Files
 from loopline.data.workspace import Workspace, use_workspace
 from loopline.errors import ContractError, PipelineDefinitionError
+from loopline.train import Evaluation, ModelBundle
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -285,34 +285,7 @@ def test_ingest_fails_when_too_many_rows_break_the_contract(tmp_path: Path) -> N
     assert "loopline quarantine" in message
 
 
-# --------------------------------------------------------------------------- encoding, scores
-
-
-def test_categories_are_coded_by_sorted_vocabulary_and_unseen_ones_are_missing() -> None:
-    train = make_flights({"carrier": "UA"}, {"carrier": "AA"}, {"carrier": "B6"})
-    vocabulary = pipeline.category_vocabulary(train)
-    assert vocabulary["carrier"] == ["AA", "B6", "UA"]
-
-    table = pipeline.training_table(
-        make_flights({"carrier": "UA"}, {"carrier": "AA"}, {"carrier": "ZZ"}),
-        NO_WEATHER,
-        NO_PLANES,
-    )
-    matrix = pipeline.feature_matrix(table, vocabulary)
-    carrier = matrix[:, pipeline.FEATURES.index("carrier")]
-    np.testing.assert_array_equal(carrier, [2.0, 0.0, np.nan])
-
-
-def test_scores_of_a_constant_predictor_are_the_base_rate_baselines() -> None:
-    y = np.array([0.0, 0.0, 0.0, 1.0])
-    scores = pipeline._scores(y, np.full(4, 0.3))
-    assert scores["roc_auc"] == 0.5
-    assert scores["pr_auc"] == pytest.approx(0.25)
-    assert scores["f1"] == pytest.approx(2 * 0.25 / 1.25)  # everything called positive
-    assert scores["log_loss"] == pytest.approx(-(3 * np.log(0.7) + np.log(0.3)) / 4)
-
-    perfect = pipeline._scores(y, np.array([0.1, 0.2, 0.3, 0.9]))
-    assert (perfect["roc_auc"], perfect["f1"], perfect["f1_threshold"]) == (1.0, 1.0, 0.9)
+# --------------------------------------------------------------------------- model, scores
 
 
 def test_model_rejects_bad_parameters_before_training() -> None:
@@ -322,10 +295,26 @@ def test_model_rejects_bad_parameters_before_training() -> None:
         pipeline.model(pl.DataFrame(), learning_rate=0.0)
 
 
-def test_evaluation_needs_both_classes_in_the_test_set() -> None:
+def test_model_and_evaluation_need_both_classes() -> None:
     table = pl.DataFrame({"delayed": [True, False]})
+    with pytest.raises(ContractError, match="train_set must hold both"):
+        pipeline.model(table.head(1))
     with pytest.raises(ContractError, match="test_set must hold both"):
-        pipeline.evaluation(None, table, table.head(1))
+        pipeline.score(None, table, table.head(1))  # type: ignore[arg-type]
+
+
+def test_an_unseen_category_is_missing_not_a_wrong_code() -> None:
+    rows = [
+        {"carrier": c, "dep_delay": d, "time_hour": at(h % 24, day=1 + h // 24)}
+        for h, (c, d) in enumerate([("UA", 0), ("AA", 30), ("B6", 0)] * 20)
+    ]
+    train = pipeline.training_table(make_flights(*rows), NO_WEATHER, NO_PLANES)
+    bundle = pipeline.model(train, num_rounds=2, min_data_in_leaf=1, num_leaves=2)
+    assert bundle.preprocessor.vocabulary_["carrier"] == ("AA", "B6", "UA")
+
+    fresh = pipeline.training_table(make_flights({"carrier": "ZZ"}), NO_WEATHER, NO_PLANES)
+    matrix = bundle.preprocessor.transform(fresh)
+    assert np.isnan(matrix[0, pipeline.FEATURES.index("carrier")])
 
 
 # --------------------------------------------------------------------------- real data
@@ -356,18 +345,21 @@ def chain() -> dict[str, Any]:
 
 
 def test_real_data_model_beats_the_base_rate(chain: dict[str, Any]) -> None:
-    evaluation = chain["evaluation"]
-    assert evaluation["test_roc_auc"] > evaluation["baseline_roc_auc"] + 0.05
-    assert evaluation["test_pr_auc"] > evaluation["baseline_pr_auc"]
-    assert evaluation["test_log_loss"] < evaluation["baseline_log_loss"]
-    assert evaluation["test_f1"] > evaluation["baseline_f1"]
+    result = Evaluation.from_dict(chain["evaluation"])
+    model, baseline = result.overall, result.baseline
+    assert model["roc_auc"] > baseline["roc_auc"] + 0.05  # type: ignore[operator]
+    assert model["pr_auc"] > baseline["pr_auc"]  # type: ignore[operator]
+    assert model["log_loss"] < baseline["log_loss"]  # type: ignore[operator]
+    assert model["best_f1"] > baseline["best_f1"]  # type: ignore[operator]
 
-    rate = evaluation["test_positive_rate"]
-    assert evaluation["baseline_roc_auc"] == 0.5
-    assert evaluation["baseline_pr_auc"] == pytest.approx(rate)
-    assert evaluation["baseline_f1"] == pytest.approx(2 * rate / (1 + rate))
-    # Everything the step returns is also logged.
-    assert chain["metrics"].items() >= evaluation.items()
+    rate = result.positives / result.rows  # type: ignore[operator]
+    assert baseline["roc_auc"] == 0.5
+    assert baseline["pr_auc"] == pytest.approx(rate)
+    assert baseline["best_f1"] == pytest.approx(2 * rate / (1 + rate))
+    # Per origin airport, and every number is also logged.
+    assert {s.value for s in result.slices} == {"EWR", "JFK", "LGA"}
+    assert chain["metrics"].items() >= result.metrics().items()
+    assert chain["metrics"]["train_rows"] == chain["train"].height
 
 
 def test_real_data_rows_reconcile_and_weather_never_comes_from_the_future(
@@ -387,13 +379,23 @@ def test_real_data_rows_reconcile_and_weather_never_comes_from_the_future(
     assert table.get_column("time_hour").is_sorted()
 
 
-def test_real_data_model_is_deterministic_and_carries_its_vocabulary(
+def test_real_data_model_is_deterministic_and_predicts_from_raw_rows(
     chain: dict[str, Any],
 ) -> None:
-    first = chain["model"].model_to_string()
-    assert pipeline.model(chain["train"]).model_to_string() == first
+    bundle = chain["model"]
+    assert pipeline.model(chain["train"]).to_bytes() == bundle.to_bytes()
 
-    vocabulary = pipeline.category_vocabulary(chain["train"])
-    loaded = lgb.Booster(model_str=first)
-    assert loaded.pandas_categorical == [vocabulary[name] for name in pipeline.CATEGORICAL]
-    assert loaded.feature_name() == list(pipeline.FEATURES)
+    loaded = ModelBundle.from_bytes(bundle.to_bytes(), expected_hash=bundle.content_hash)
+    assert loaded.features == pipeline.FEATURES
+    for name in pipeline.CATEGORICAL:
+        vocabulary = chain["train"].get_column(name).drop_nulls().unique().sort().to_list()
+        assert list(loaded.preprocessor.vocabulary_[name]) == vocabulary
+    rows = chain["test"].head(1000)
+    np.testing.assert_array_equal(loaded.predict(rows), bundle.predict(rows))
+
+
+def test_report_is_an_html_page_with_the_plots(chain: dict[str, Any]) -> None:
+    page = pipeline.report(chain["evaluation"], chain["model"]).decode()
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("<svg") == 3
+    assert "origin" in page

@@ -47,8 +47,22 @@ def registry(store: MetadataStore, tmp_path: Path) -> Registry:
     return Registry(Workspace(store.url, str(tmp_path / "artifacts")))
 
 
+_STORED: list[ArtifactStore] = []
+
+
+@pytest.fixture(autouse=True)
+def _artifacts(tmp_path: Path) -> Iterator[None]:
+    """The artifact store the registry fixture uses, where ``_hash`` stores its bytes."""
+    _STORED.append(ArtifactStore(tmp_path / "artifacts"))
+    yield
+    _STORED.pop()
+
+
 def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    """Store ``text`` as a stand-in bundle (a version must point at stored bytes)."""
+    stored = _STORED[-1].put_bytes(text.encode())
+    assert stored.content_hash == hashlib.sha256(text.encode()).hexdigest()
+    return stored.content_hash
 
 
 def _register(registry: Registry, name: str, key: str, auc: float = 0.7, **kwargs: Any) -> int:
@@ -302,8 +316,7 @@ def test_record_verdict_promotes_or_refuses(registry: Registry) -> None:
         1,
         2,
     )
-    assert refuse.why is not None
-    assert "by only 0.0050, less than the margin 0.0100" in refuse.why
+    assert refuse.why == "gate refused: primary test_roc_auc"  # the verdict has the reasons
     assert refuse.metrics == {"test_roc_auc": 0.755}
     assert refuse.verdict is not None
     assert Verdict.from_dict(refuse.verdict) == worse

@@ -13,8 +13,9 @@ Examples
 >>> from loopline.data.workspace import Workspace
 >>> folder = tempfile.mkdtemp()
 >>> registry = Registry(Workspace(f"sqlite:///{folder}/meta.db", f"{folder}/artifacts"))
->>> v1 = registry.register("flights", "a1", content_hash="1" * 64, metrics={"auc": 0.75})
->>> v2 = registry.register("flights", "a2", content_hash="2" * 64, metrics={"auc": 0.76})
+>>> one, two = (registry.workspace.artifacts.put_bytes(b) for b in (b"model 1", b"model 2"))
+>>> v1 = registry.register("flights", "a1", content_hash=one.content_hash, metrics={"auc": 0.75})
+>>> v2 = registry.register("flights", "a2", content_hash=two.content_hash, metrics={"auc": 0.76})
 >>> registry.promote("flights", 1, why="first model").aliases
 ('champion',)
 >>> registry.promote("flights", 2, why="better AUC").version
@@ -32,10 +33,10 @@ import getpass
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import SupportsFloat
+from typing import TYPE_CHECKING, SupportsFloat
 
 from loopline.data.workspace import Workspace, current_workspace
-from loopline.errors import ModelNotFoundError, RegistryError
+from loopline.errors import ModelNotFoundError, RegistryError, RunNotFoundError
 from loopline.registry.gate import Verdict
 from loopline.store.metadata import (
     MetadataStore,
@@ -43,6 +44,9 @@ from loopline.store.metadata import (
     ModelVersionRecord,
     RegisteredModelRecord,
 )
+
+if TYPE_CHECKING:
+    from loopline.train import ModelBundle
 
 __all__ = [
     "LATEST",
@@ -79,7 +83,8 @@ class Registry:
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
     >>> registry = Registry(Workspace(f"sqlite:///{folder}/meta.db", f"{folder}/artifacts"))
-    >>> registry.register("churn", "a1", content_hash="c" * 64, metrics={"auc": 0.8}).ref
+    >>> stored = registry.workspace.artifacts.put_bytes(b"a model bundle")
+    >>> registry.register("churn", "a1", content_hash=stored.content_hash, metrics={"auc": 0.8}).ref
     'churn@1'
     >>> registry.get("churn@latest").version
     1
@@ -124,6 +129,10 @@ class Registry:
         and ``step_id`` default to the running step's. ``datasets`` and ``features`` are the
         dataset versions (``name@version``) and feature versions (``view@sha256``) it was
         trained on.
+
+        The bundle's bytes must be in the workspace's artifact store under
+        ``content_hash``: a version never points at a bundle that cannot be loaded.
+        ``register_bundle`` stores the bundle and finds the rest itself.
         """
         _check_name(name)
         for label, value in (
@@ -137,6 +146,13 @@ class Registry:
                 )
         clean = _metrics(metrics)
         space = self._space
+        if not space.artifacts.exists(content_hash):
+            raise RegistryError(
+                f"No bundle with content hash {content_hash} is in the artifact store "
+                f"{space.artifact_url}; store the bundle first (Registry.register_bundle "
+                f"does), so that the version can be loaded.",
+                model=name,
+            )
         record, _created = space.metadata.register_model_version(
             model=name,
             artifact_id=bundle_artifact_id,
@@ -151,6 +167,79 @@ class Registry:
             description=description,
         )
         return record
+
+    def register_bundle(
+        self,
+        name: str,
+        bundle: ModelBundle,
+        *,
+        metrics: Mapping[str, float | None] | None = None,
+        datasets: Sequence[str] | None = None,
+        features: Sequence[str] = (),
+        tags: Mapping[str, str] | None = None,
+        description: str | None = None,
+        actor: str | None = None,
+    ) -> ModelVersion:
+        """Register a ``ModelBundle``: store it if it is not stored yet, then ``register``.
+
+        ``metrics`` default to the bundle's own. The version points at the artifact a
+        pipeline step stored the bundle as, when one did (so ``loopline lineage`` walks
+        from it to the data), and is made by the step that did. ``datasets`` default to
+        the dataset versions that artifact depends on (``MetadataStore.upstream_datasets``).
+
+        Examples
+        --------
+        >>> import tempfile, polars as pl
+        >>> from loopline.train import LightGBMModel, train_bundle
+        >>> folder = tempfile.mkdtemp()
+        >>> registry = Registry(Workspace(f"sqlite:///{folder}/meta.db", f"{folder}/art"))
+        >>> rows = pl.DataFrame({"x": [i / 4 for i in range(40)], "y": [i % 2 for i in range(40)]})
+        >>> bundle = train_bundle(rows, features=["x"], label="y",
+        ...                       model=LightGBMModel(num_rounds=2, min_data_in_leaf=2))
+        >>> registry.register_bundle("toy", bundle).ref
+        'toy@1'
+        >>> registry.load_bundle("toy@latest").content_hash == bundle.content_hash
+        True
+        """
+        space = self._space
+        stored = space.artifacts.put(bundle)
+        try:
+            artifact = space.metadata.get_artifact(stored.content_hash)
+        except RunNotFoundError:  # not a step's output: the bundle was trained elsewhere
+            artifact_id, step_id, found = stored.content_hash, space.step_id, []
+        else:
+            artifact_id, step_id = artifact.id, artifact.producer_step_id or space.step_id
+            found = [] if step_id is None else space.metadata.upstream_datasets(step_id)
+        run_id = space.metadata.get_step(step_id).run_id if step_id else space.run_id
+        return self.register(
+            name,
+            artifact_id,
+            content_hash=stored.content_hash,
+            metrics=bundle.metrics if metrics is None else metrics,
+            run_id=run_id,
+            step_id=step_id,
+            datasets=[d.ref for d in found] if datasets is None else datasets,
+            features=features,
+            tags=tags,
+            description=description,
+            actor=actor,
+        )
+
+    def load_bundle(self, name: str, version_or_alias: int | str | None = None) -> ModelBundle:
+        """Load the ``ModelBundle`` of a version (see ``get``), checking its content hash."""
+        from loopline.train import ModelBundle
+
+        found = self.get(name, version_or_alias)
+        space = self._space
+        if not space.artifacts.exists(found.content_hash):
+            raise RegistryError(
+                f"The bundle of {found.ref} (content hash {found.content_hash}) is missing "
+                f"from the artifact store {space.artifact_url}.",
+                model=name,
+                version=found.version,
+            )
+        data = space.artifacts.read_bytes(found.content_hash)
+        return ModelBundle.from_bytes(data, expected_hash=found.content_hash)
 
     def get(self, name: str, version_or_alias: int | str | None = None) -> ModelVersion:
         """A version by ``NAME@3``, ``NAME@champion``, ``NAME@latest`` or (NAME, 3 or alias).
@@ -322,7 +411,7 @@ class Registry:
                 alias,
                 target.version,
                 actor=by,
-                why=why or f"gate {verdict.summary()}",
+                why=why or _why(verdict),
                 verdict=verdict.to_dict(),
                 status="blessed",
             )
@@ -332,7 +421,7 @@ class Registry:
                 target.version,
                 alias=alias,
                 actor=by,
-                why=why or f"gate {verdict.summary()}",
+                why=why or _why(verdict),
                 verdict=verdict.to_dict(),
             )
         return self.get(name, target.version)
@@ -359,6 +448,14 @@ class Registry:
                 model=name,
             )
         return found
+
+
+def _why(verdict: Verdict) -> str:
+    """The audit log's short reason for a verdict; the entry keeps every check in full."""
+    if verdict.passed:
+        return f"gate passed {len(verdict.checks)} check(s)"
+    names = ", ".join(c.name for c in verdict.failures) or "the gate has no checks"
+    return f"gate refused: {names}"
 
 
 def _who() -> str:

@@ -832,6 +832,35 @@ class MetadataStore:
         with self._read() as conn:
             return [_dataset(r) for r in conn.execute(query)]
 
+    def upstream_datasets(self, step_id: str) -> list[DatasetRecord]:
+        """The dataset versions a step's output depends on, by name then version.
+
+        Walks back from the step through its input artifacts to the steps that produced
+        them (in earlier runs too, for a cached step) and collects the dataset versions
+        those steps, and the step itself, created.
+        """
+        seen: set[str] = set()
+        frontier = [step_id]
+        with self._read() as conn:
+            while frontier:
+                fresh = [s for s in frontier if s not in seen]
+                seen.update(fresh)
+                if not fresh:
+                    break
+                inputs = sa.select(t.lineage.c.src_id).where(
+                    t.lineage.c.dst_id.in_(fresh) & (t.lineage.c.relation == "input")
+                )
+                producers = sa.select(t.artifacts.c.producer_step_id).where(
+                    t.artifacts.c.id.in_(inputs) & t.artifacts.c.producer_step_id.is_not(None)
+                )
+                frontier = [str(row[0]) for row in conn.execute(producers)]
+            query = (
+                sa.select(t.datasets)
+                .where(t.datasets.c.step_id.in_(seen))
+                .order_by(t.datasets.c.name, t.datasets.c.version)
+            )
+            return [_dataset(r) for r in conn.execute(query)]
+
     def dataset_parts(self, dataset_id: str) -> list[DatasetPartRecord]:
         query = (
             sa.select(t.dataset_parts)
@@ -980,6 +1009,9 @@ class MetadataStore:
                 "features": _dumps(list(features)),
             }
             conn.execute(t.model_versions.insert(), row)
+            edges = self._version_edges(conn, row)
+            if edges:
+                conn.execute(t.lineage.insert(), edges)
             self._audit(
                 conn,
                 model=model,
@@ -1000,6 +1032,52 @@ class MetadataStore:
                 self._aliases_of(conn, model),
             )
         return record, True
+
+    def _version_edges(self, conn: Connection, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Lineage of a new model version: its run, its bundle, the datasets it learned from.
+
+        Dataset references (``name@version``) that the store does not hold are kept on the
+        version as given but get no edge.
+        """
+        vid = str(row["id"])
+        edges = []
+        if row["run_id"]:
+            edges.append(_edge(str(row["run_id"]), vid, "trained", "run", "model_version", None))
+        artifact = conn.execute(
+            sa.select(t.artifacts.c.id).where(
+                (t.artifacts.c.id == row["artifact_id"])
+                | (t.artifacts.c.content_hash == row["content_hash"])
+            )
+        ).first()
+        if artifact is not None:
+            edges.append(_edge(str(artifact.id), vid, "bundle", "artifact", "model_version", None))
+        for ref in dict.fromkeys(orjson.loads(row["datasets"])):
+            name, _, number = str(ref).partition("@")
+            if not number.isdigit():
+                continue
+            found = conn.execute(
+                sa.select(t.datasets.c.id).where(
+                    (t.datasets.c.name == name) & (t.datasets.c.version == int(number))
+                )
+            ).first()
+            if found is not None:
+                edges.append(
+                    _edge(str(found.id), vid, "trained_on", "dataset", "model_version", str(ref))
+                )
+        return edges
+
+    def version_lineage(self, model: str, version: int) -> list[tuple[str, str, str]]:
+        """(relation, kind, id) of what a model version came from: run, bundle, datasets."""
+        record = self.model_version(model, version)
+        if record is None:
+            return []
+        query = (
+            sa.select(t.lineage.c.relation, t.lineage.c.src_kind, t.lineage.c.src_id)
+            .where(t.lineage.c.dst_id == record.id)
+            .order_by(t.lineage.c.relation, t.lineage.c.src_id)
+        )
+        with self._read() as conn:
+            return [(str(r[0]), str(r[1]), str(r[2])) for r in conn.execute(query)]
 
     def registered_models(self) -> list[RegisteredModelRecord]:
         """Every registered model, by name."""
