@@ -209,7 +209,19 @@ def row(text: str, *cells: str) -> str:
 
 @pytest.mark.parametrize(
     "command",
-    ["", "init", "run", "resume", "runs", "show", "lineage", "datasets", "profile", "quarantine"],
+    [
+        "",
+        "init",
+        "run",
+        "resume",
+        "runs",
+        "show",
+        "lineage",
+        "artifact",
+        "datasets",
+        "profile",
+        "quarantine",
+    ],
 )
 def test_help_for_every_command(invoke: Invoke, command: str) -> None:
     result = invoke(*command.split(), "--help")
@@ -442,6 +454,60 @@ def test_lineage_of_unknown_artifact_exits_2(invoke: Invoke) -> None:
 
     assert result.code == 2
     assert "No artifact has the id 'feedface'" in one_line(result.err)
+
+
+def test_artifact_describes_or_saves_the_stored_bytes(invoke: Invoke, workdir: Path) -> None:
+    write(workdir, "pipe.py", PIPELINE)
+    run_id = run_id_of(invoke("run", "pipe.py"))
+    final = steps_of(workdir / "home", run_id)["model"].output_artifact_id
+    assert final is not None
+
+    described = invoke("artifact", final[:8])
+    saved = invoke("artifact", final[:8], "-o", str(workdir / "out.json"))
+    unknown = invoke("artifact", "feedface", "-o", str(workdir / "never.json"))
+    unwritable = invoke("artifact", final, "-o", str(workdir / "no" / "such" / "dir.json"))
+
+    assert described.code == 0, described.err
+    assert described.out.startswith(f"artifact {final} json")
+    assert saved.code == 0, saved.err
+    assert json.loads((workdir / "out.json").read_bytes()) == {"total": 20.0}
+    assert "Wrote" in saved.out
+    assert unknown.code == 2
+    assert "No artifact has the id 'feedface'" in one_line(unknown.err)
+    assert not (workdir / "never.json").exists()
+    assert unwritable.code == 2
+    assert "Could not write" in one_line(unwritable.err)
+
+
+def test_run_results_leave_slice_metrics_to_show(invoke: Invoke, workdir: Path) -> None:
+    write(
+        workdir,
+        "sliced.py",
+        """
+        import loopline
+
+        @loopline.step
+        def scored() -> int:
+            loopline.log_metrics({"test_auc": 0.7, "baseline_auc": 0.5,
+                                  "slice.origin=JFK.auc": 0.6, "gap.auc": 0.1})
+            return 1
+        """,
+    )
+    ran = invoke("run", "sliced.py")
+    shown = invoke("show", run_id_of(ran))
+
+    assert ran.code == 0, ran.err
+    assert cells(row(ran.out, "test_auc")) == ["scored", "test_auc", "0.7000", "0.5000"]
+    assert "slice.origin=JFK.auc" not in ran.out
+    assert f"and 2 metrics of slices and groups: loopline show {run_id_of(ran)}" in ran.out
+    # A dotted name is never paired with a baseline by the part after its first '_'.
+    assert cells(row(shown.out, "slice.origin=JFK.auc")) == [
+        "scored",
+        "slice.origin=JFK.auc",
+        "0.6000",
+        "",
+    ]
+    assert cells(row(shown.out, "gap.auc"))[2] == "0.1000"
 
 
 # -- backends and logs ------------------------------------------------------------------------

@@ -64,6 +64,7 @@ import numpy as np
 import polars as pl
 
 from loopline.errors import MetadataStoreError, TrainingError
+from loopline.train.bundle import Preprocessor
 
 if TYPE_CHECKING:
     # Imported where used: Optuna takes about a second to import, LightGBM longer.
@@ -1345,28 +1346,6 @@ def _lightgbm_errors() -> Iterator[None]:
 _CATEGORICAL_TYPES = (pl.String, pl.Categorical, pl.Enum)
 
 
-def _encode(
-    table: pl.DataFrame, features: Sequence[str], vocabulary: Mapping[str, Sequence[Any]]
-) -> np.ndarray:
-    """``features`` as a float64 matrix; categoricals as their training-vocabulary codes.
-
-    A category the training split never saw, like a null, becomes NaN: missing.
-    """
-    columns = [
-        pl.col(name)
-        .cast(pl.String)
-        .replace_strict(
-            {value: code for code, value in enumerate(vocabulary[name])},
-            default=None,
-            return_dtype=pl.Float64,
-        )
-        if name in vocabulary
-        else pl.col(name).cast(pl.Float64)
-        for name in features
-    ]
-    return table.select(columns).to_numpy().astype(np.float64, copy=False)
-
-
 def _label(table: pl.DataFrame, label: str, split: str, task: str, metric: str) -> np.ndarray:
     column = table.get_column(label)
     if column.null_count():
@@ -1540,19 +1519,9 @@ def lightgbm_objective(
             f"lightgbm_objective are not among its features.",
             column=unknown[0],
         )
-    vocabulary = {
-        name: train.get_column(name).cast(pl.String).drop_nulls().unique().sort().to_list()
-        for name in categorical
-    }
-    for name in features:
-        if name not in vocabulary and not (
-            train.schema[name].is_numeric() or train.schema[name] in (pl.Boolean, pl.Null)
-        ):
-            raise TrainingError(
-                f"Feature {name!r} is {train.schema[name]}; lightgbm_objective takes numeric, "
-                f"boolean and string (categorical) features.",
-                column=name,
-            )
+    # The same encoding as a bundle: sorted training vocabularies, unseen values missing.
+    preprocessor = Preprocessor(features=features, categorical=categorical, impute="none")
+    preprocessor.fit(train)
     y_train = _label(train, label, "train", task, metric)
     y_valid = _label(valid, label, "valid", task, metric)
     defaults: dict[str, Any] = {
@@ -1568,9 +1537,9 @@ def lightgbm_objective(
         metric=metric,
         features=features,
         categorical=tuple(categorical),
-        vocabulary=vocabulary,
-        train=(_encode(train, features, vocabulary), y_train),
-        valid=(_encode(valid, features, vocabulary), y_valid),
+        vocabulary={name: list(v) for name, v in preprocessor.vocabulary_.items()},
+        train=(preprocessor.transform(train), y_train),
+        valid=(preprocessor.transform(valid), y_valid),
         params={**defaults, **fixed},
         num_boost_round=num_boost_round,
         early_stopping_rounds=early_stopping_rounds,
