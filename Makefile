@@ -24,6 +24,7 @@ install: $(STAMP_DEV)
 
 demo: $(STAMP_DEV)
 	$(BIN)/loopline run examples/flights/pipeline.py
+	$(BIN)/python examples/flights/serve_demo.py
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff format --check src tests bench examples

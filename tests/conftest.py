@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import prometheus_client  # noqa: F401  (before Feast: see tests/serve/conftest.py)
 import pytest
 from sqlalchemy.engine import URL, make_url
 

@@ -612,6 +612,76 @@ def rollback(
     out.print(f"Model {name}: {alias} rolled back from version {before} to {moved.version}.")
 
 
+@app.command()
+def serve(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="NAME[@ALIAS]",
+            help="A model to serve: NAME (its champion), NAME@ALIAS (followed as it moves) "
+            "or NAME@VERSION. Repeat for several. Default: every model with a champion.",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="The port (0: any free one).")] = 8080,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes, forked after the models load.")
+    ] = 1,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DEFINITIONS",
+            help="The feature definitions (.py file or module) that /predict reads from the "
+            "online store.",
+        ),
+    ] = None,
+    online_url: Annotated[
+        str | None, typer.Option(help="The online store (default: the configured one).")
+    ] = None,
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.001, help="Larger request bodies get 413.")
+    ] = 8.0,
+    poll: Annotated[
+        float, typer.Option(min=0.0, help="Seconds between checks for moved aliases (0: never).")
+    ] = 2.0,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Write HOST:PORT here once listening (for scripts).")
+    ] = None,
+    allow_unknown: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="ENTITY",
+            help="An entity /predict may be asked about although the online store never held "
+            "it (its features are then missing); otherwise such a request gets 404. Repeat.",
+        ),
+    ] = None,
+) -> None:
+    """Serve models over the Open Inference Protocol v2 (REST) and POST /predict."""
+    from loopline.serve.server import serve as run_server
+
+    with _registry() as registry:
+        wanted = model or [m.name for m in registry.models() if "champion" in m.aliases]
+    if not wanted:
+        raise LooplineError(
+            "No model to serve: no registered model has a champion yet. Run a pipeline that "
+            "registers one, or name one with --model NAME@VERSION."
+        )
+    run_server(
+        wanted,
+        host=host,
+        port=port,
+        workers=workers,
+        features=features,
+        online_url=online_url,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        refresh_seconds=poll or None,
+        ready_file=ready_file,
+        allow_unknown=allow_unknown or (),
+    )
+
+
 def _aliases(aliases: dict[str, int]) -> str:
     return ", ".join(f"{alias}={version}" for alias, version in aliases.items())
 

@@ -18,6 +18,10 @@
     ├── TrainingError (ValueError)               a model, search space, metric or bundle is invalid
     ├── RegistryError
     │   └── ModelNotFoundError (KeyError)         no registered model, version or alias by that name
+    ├── ServingError                             a model cannot be served or a request answered
+    │   ├── ProtocolError (ValueError)           a request breaks OIP v2; ``.status`` to answer
+    │   ├── ModelNotReadyError                   a served model is still loading (503, Retry-After)
+    │   └── UnknownEntityError (KeyError)         a request names an entity never materialized
     └── PipelineError
         ├── PipelineLoadError (ImportError)      a pipeline file or module does not import
         ├── PipelineDefinitionError (ValueError) cycles, missing upstream names, bad parameters
@@ -42,17 +46,21 @@ __all__ = [
     "LooplineError",
     "MetadataStoreError",
     "ModelNotFoundError",
+    "ModelNotReadyError",
     "OnlineStoreError",
     "PipelineDefinitionError",
     "PipelineError",
     "PipelineLoadError",
+    "ProtocolError",
     "RegistryError",
     "RunNotFoundError",
+    "ServingError",
     "SourceError",
     "StepFailedError",
     "StepTimeoutError",
     "StoreError",
     "TrainingError",
+    "UnknownEntityError",
     "UnsupportedArtifactError",
 ]
 
@@ -136,6 +144,34 @@ class RegistryError(LooplineError):
 
 class ModelNotFoundError(RegistryError, KeyError):
     """No registered model, version or alias has the requested name."""
+
+
+class ServingError(LooplineError):
+    """A model cannot be served or a request cannot be answered."""
+
+
+class ProtocolError(ServingError, ValueError):
+    """A request (or a response) does not follow the Open Inference Protocol.
+
+    ``.status`` is the HTTP status to answer with: 400 (the default) when the client
+    sent something wrong, 500 when the server's own outputs cannot be written. Where a
+    tensor is to blame, ``.input`` or ``.output`` names it.
+    """
+
+    status: int = 400
+
+    def __init__(self, message: str, *, status: int = 400, **context: object) -> None:
+        super().__init__(message, status=status, **context)
+
+
+class ModelNotReadyError(ServingError):
+    """A served model (or version) is still loading: answer 503 with Retry-After."""
+
+    retry_after: int = 1
+
+
+class UnknownEntityError(ServingError, KeyError):
+    """A request names an entity the online store has never held (404)."""
 
 
 class PipelineError(LooplineError):

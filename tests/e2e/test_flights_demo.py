@@ -51,6 +51,20 @@ def test_flights_demo_prints_results_and_a_second_run_is_all_cached(tmp_path: Pa
     assert "11 succeeded" in first.stdout
     assert "flights-delay@1 is now the champion." in first.stdout
 
+    served = subprocess.run(
+        [sys.executable, str(PIPELINE.parent / "serve_demo.py")],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LOOPLINE_")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert served.returncode == 0, served.stderr
+    assert "Scored " in served.stdout
+    assert "with flights-delay@1:" in served.stdout
+    assert "Latency over " in served.stdout
+
     second = loopline(tmp_path, "run", str(PIPELINE))
     assert second.returncode == 0, second.stderr
     assert "11 cached" in second.stdout

@@ -251,6 +251,59 @@ def test_preprocessing_is_independent_of_row_order(
     assert np.array_equal(rebuilt.transform(rows), matrix, equal_nan=True)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.sampled_from(["AA", "DL", "UA", "ZZ", ""])),
+            st.one_of(
+                st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5)
+            ),
+            st.one_of(st.none(), st.booleans()),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    impute=st.sampled_from(["none", "median", "mean"]),
+)
+def test_columns_of_a_few_rows_give_the_same_matrix_as_a_frame(
+    rows: list[tuple[str | None, float | int | None, bool | None]], impute: str
+) -> None:
+    train = flights(200)
+    fitted = Preprocessor(features=["carrier", "wind", "night"], impute=impute).fit(train)  # type: ignore[arg-type]
+    columns = {
+        "carrier": [r[0] for r in rows],
+        "wind": [None if r[1] is None else float(r[1]) for r in rows],
+        "night": [r[2] for r in rows],
+    }
+    frame = pl.DataFrame(
+        columns, schema={"carrier": pl.String, "wind": pl.Float64, "night": pl.Boolean}
+    )
+    expected = fitted.transform(frame)
+    assert np.array_equal(fitted.transform_columns(columns), expected, equal_nan=True)
+    # numpy arrays, as a decoded request gives them, are read the same way
+    arrays = {
+        "carrier": np.array(columns["carrier"], dtype=object),
+        "wind": np.array(columns["wind"], dtype=np.float64),
+        "night": columns["night"],
+    }
+    assert np.array_equal(fitted.transform_columns(arrays), expected, equal_nan=True)
+
+
+def test_columns_that_need_reading_go_the_frame_way(train_rows: pl.DataFrame) -> None:
+    bundle = _bundle(train_rows)
+    row = train_rows.head(3).to_dict(as_series=False)
+    assert np.array_equal(bundle.predict_columns(row), bundle.predict(train_rows.head(3)))
+    text = {**row, "distance": ["1200", "850.5", None]}  # numbers as text are read
+    assert bundle.predict_columns(text).shape == (3,)
+    with pytest.raises(TrainingError, match="'distance'"):
+        bundle.predict_columns({**row, "distance": ["far", "near", None]})
+    with pytest.raises(TrainingError, match="lack the feature column"):
+        bundle.predict_columns({k: v for k, v in row.items() if k != "wind"})
+    with pytest.raises(TrainingError, match="different lengths"):
+        bundle.predict_columns({**row, "wind": [1.0]})
+
+
 def test_numbers_given_as_text_are_read_and_bad_text_is_refused(train_rows: pl.DataFrame) -> None:
     bundle = _bundle(train_rows)
     rows = train_rows.head(20)

@@ -24,6 +24,7 @@ from loopline.store.metadata import MetadataStore
 
 __all__ = [
     "Workspace",
+    "after_fork",
     "artifact_store",
     "current_workspace",
     "forget_stores",
@@ -92,6 +93,13 @@ def forget_stores(metadata: MetadataStore, artifacts: ArtifactStore) -> None:
             del _METADATA[metadata.url]
         if _ARTIFACTS.get(artifacts.url) is artifacts:
             del _ARTIFACTS[artifacts.url]
+
+
+def after_fork() -> None:
+    """In a forked child process: let every open metadata store reconnect on its own."""
+    with _LOCK:
+        for store in _METADATA.values():
+            store.after_fork()
 
 
 def metadata_store(url: str) -> MetadataStore:

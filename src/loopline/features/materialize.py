@@ -286,24 +286,32 @@ def online_features(
     target = store if store is not None else online_store()
     try:
         out = frame
+        # Features read but not yet in ``out``: joined in one go before an on-demand group
+        # needs them, and at the end (a frame per view would cost more than the reads).
+        pending: dict[str, list[Any]] = {}
         for view in views:
             if isinstance(view, OnDemand):
-                out = view.apply(out)
+                out = view.apply(_joined(out, pending))
+                pending = {}
                 continue
-            keys = frame.select(view.keys).rows()
+            keys = list(zip(*(frame.get_column(k).to_list() for k in view.keys), strict=True))
             empty = _empty_values(view)
             found = target.read(
                 view.name, keys, features=view.feature_names, at=when, ttl=_ttl(view)
             )
-            columns = {
-                name: [empty.get(name) if row is None else row[name] for row in found]
-                for name in view.feature_names
-            }
-            out = out.hstack(pl.DataFrame(columns, strict=False).get_columns())
+            for name in view.feature_names:
+                pending[name] = [empty.get(name) if row is None else row[name] for row in found]
+        out = _joined(out, pending)
     finally:
         if store is None:
             target.close()
     return out
+
+
+def _joined(frame: pl.DataFrame, columns: Mapping[str, list[Any]]) -> pl.DataFrame:
+    if not columns:
+        return frame
+    return frame.hstack(pl.DataFrame(dict(columns), strict=False).get_columns())
 
 
 def freshness(

@@ -345,6 +345,13 @@ class MetadataStore:
     def dialect(self) -> str:
         return str(self._write_engine.dialect.name)
 
+    def after_fork(self) -> None:
+        """In a forked child: drop the parent's pooled connections without closing them
+        (the parent still uses them); the child opens its own on first use."""
+        self._write_engine.dispose(close=False)
+        if self._read_engine is not self._write_engine:
+            self._read_engine.dispose(close=False)
+
     def close(self) -> None:
         self._write_engine.dispose()
         if self._read_engine is not self._write_engine:

@@ -275,6 +275,7 @@ class Preprocessor:
                 self.fill_values_[name] = fill if math.isfinite(fill) else 0.0
         self.schema_ = {name: str(schema[name]) for name in features}
         self.__dict__.pop("_expressions", None)
+        self.__dict__.pop("_codes", None)
         return self
 
     @property
@@ -335,6 +336,113 @@ class Preprocessor:
             selected = self._find_bad_column(rows)
         return selected.to_numpy().astype(np.float64, copy=False)
 
+    @cached_property
+    def _codes(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {value: float(code) for code, value in enumerate(vocabulary)}
+            for name, vocabulary in self.vocabulary_.items()
+        }
+
+    def transform_columns(
+        self, columns: Mapping[str, Sequence[Any] | npt.NDArray[Any]]
+    ) -> npt.NDArray[np.float64]:
+        """``transform`` for a few rows given as columns, such as a served request.
+
+        The same matrix as ``transform`` of the same rows, without building a DataFrame:
+        text categories are looked up in the vocabulary, numbers (and None, as missing)
+        are read directly. Values it cannot take directly (a category given as a number,
+        text in a numeric feature) go the way of ``transform``, with its errors.
+
+        Examples
+        --------
+        >>> pre = Preprocessor(features=["city", "age"]).fit(
+        ...     pl.DataFrame({"city": ["Oslo", "Bergen"], "age": [30.0, None]}))
+        >>> pre.transform_columns({"city": ["Oslo", "Paris"], "age": [41, None]})
+        array([[ 1., 41.],
+               [nan, nan]])
+        """
+        if not self.is_fitted:
+            raise TrainingError(
+                "This Preprocessor is not fitted yet: call fit(frame) on the training rows."
+            )
+        _require_columns_in(list(columns), self.features, "The rows to predict")
+        lengths = {len(columns[name]) for name in self.features}
+        if len(lengths) > 1:
+            shown = ", ".join(map(str, sorted(lengths)))
+            raise TrainingError(
+                f"The feature columns have different lengths ({shown}); give one value per "
+                f"row in every column."
+            )
+        rows = lengths.pop() if lengths else 0
+        if rows <= _FEW_ROWS:
+            return self._transform_few(columns, rows)
+        out = np.empty((rows, len(self.features)), dtype=np.float64)
+        missing = self.missing_codes_
+        for j, name in enumerate(self.features):
+            values = columns[name]
+            if name in self._codes:
+                coded = _category_codes(values, self._codes[name], missing[name])
+                if coded is None:
+                    return self._transform_frame(columns)
+                out[:, j] = coded
+                continue
+            array = np.asarray(values)
+            if array.dtype.kind not in "biuf":
+                if array.dtype.kind != "O" or not all(
+                    value is None or isinstance(value, int | float) for value in array.flat
+                ):
+                    return self._transform_frame(columns)
+                array = np.array(values, dtype=np.float64)
+            number = array.astype(np.float64, copy=False).reshape(-1)
+            if name in self.fill_values_:
+                number = np.where(np.isnan(number), self.fill_values_[name], number)
+            out[:, j] = number
+        return out
+
+    def _transform_few(
+        self, columns: Mapping[str, Sequence[Any] | npt.NDArray[Any]], rows: int
+    ) -> npt.NDArray[np.float64]:
+        """``transform_columns`` for a few rows: plain Python per value, one array at the end
+        (per-column numpy calls cost more than the values for a row or two)."""
+        missing = self.missing_codes_
+        fills = self.fill_values_
+        matrix: list[list[float]] = []
+        for name in self.features:
+            values = columns[name]
+            if name in self._codes:
+                coded = _category_codes(values, self._codes[name], missing[name])
+                if coded is None:
+                    return self._transform_frame(columns)
+                matrix.append(coded)
+                continue
+            fill = fills.get(name, math.nan)
+            numbers = []
+            for value in values.tolist() if isinstance(values, np.ndarray) else values:
+                if value is None:
+                    numbers.append(fill)
+                elif isinstance(value, _NUMBER):
+                    number = float(value)
+                    numbers.append(fill if number != number else number)
+                else:
+                    return self._transform_frame(columns)
+            matrix.append(numbers)
+        if rows == 0:
+            return np.empty((0, len(self.features)), dtype=np.float64)
+        return np.array(matrix, dtype=np.float64).T.copy()
+
+    def _transform_frame(
+        self, columns: Mapping[str, Sequence[Any] | npt.NDArray[Any]]
+    ) -> npt.NDArray[np.float64]:
+        try:
+            frame = pl.DataFrame(
+                {name: pl.Series(name, list(columns[name]), strict=False) for name in self.features}
+            )
+        except (TypeError, ValueError, pl.exceptions.PolarsError) as exc:
+            raise TrainingError(
+                f"The rows to predict cannot be read as columns of one type each: {exc}."
+            ) from exc
+        return self.transform(frame)
+
     def _find_bad_column(self, rows: pl.DataFrame) -> pl.DataFrame:
         for name, expression in zip(self.features, self._expressions, strict=True):
             try:
@@ -381,12 +489,36 @@ class Preprocessor:
         )
 
 
+_FEW_ROWS = 16
+"""Up to this many rows, ``transform_columns`` reads values one by one in Python."""
+_NUMBER = (int, float, np.integer, np.floating, np.bool_)
+
+
+def _category_codes(
+    values: Sequence[Any] | npt.NDArray[Any], codes: Mapping[str, float], unknown: float
+) -> list[float] | None:
+    """Each text value's code (``unknown`` for None or unseen); None if one is not text."""
+    coded = []
+    for value in values:
+        if value is None:
+            coded.append(unknown)
+        elif isinstance(value, str):
+            coded.append(codes.get(value, unknown))
+        else:
+            return None
+    return coded
+
+
 def _require_columns(rows: pl.DataFrame, names: Sequence[str], what: str) -> None:
-    missing = [name for name in names if name not in rows.columns]
+    _require_columns_in(rows.columns, names, what)
+
+
+def _require_columns_in(have: Sequence[str], names: Sequence[str], what: str) -> None:
+    missing = [name for name in names if name not in have]
     if missing:
         raise TrainingError(
             f"{what} lack the feature column(s) {', '.join(map(repr, missing))} that the model "
-            f"needs. They have: {', '.join(rows.columns) or 'no columns'}. Give every feature "
+            f"needs. They have: {', '.join(have) or 'no columns'}. Give every feature "
             f"column (extra columns are ignored).",
             columns=missing,
         )
@@ -473,6 +605,12 @@ class ModelBundle:
         ``frame`` has the training set's feature columns (extra columns are ignored).
         """
         return self.model.predict(self.preprocessor.transform(frame))
+
+    def predict_columns(
+        self, columns: Mapping[str, Sequence[Any] | npt.NDArray[Any]]
+    ) -> npt.NDArray[np.float64]:
+        """``predict`` for a few rows given as columns (``Preprocessor.transform_columns``)."""
+        return self.model.predict_encoded(self.preprocessor.transform_columns(columns))
 
     def with_metrics(self, metrics: Mapping[str, float]) -> ModelBundle:
         """A copy with ``metrics`` added to (and replacing the same names in) its metrics."""

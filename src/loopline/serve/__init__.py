@@ -1,0 +1,46 @@
+"""Serving: the Open Inference Protocol v2 codec, the ASGI app, its models and server."""
+
+from loopline.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
+from loopline.serve.protocol import (
+    BINARY_CONTENT_TYPE,
+    DATATYPES,
+    EXTENSIONS,
+    HEADER_LENGTH,
+    JSON_CONTENT_TYPE,
+    InferRequest,
+    RequestedOutput,
+    Tensor,
+    TensorSpec,
+    datatype_of,
+    encode_infer_response,
+    error_body,
+    metadata_model,
+    metadata_server,
+    parse_infer_request,
+)
+from loopline.serve.repository import ModelRepository, ModelSpec, ServedModel
+from loopline.serve.server import serve
+
+__all__ = [
+    "BINARY_CONTENT_TYPE",
+    "DATATYPES",
+    "DEFAULT_MAX_BODY_BYTES",
+    "EXTENSIONS",
+    "HEADER_LENGTH",
+    "JSON_CONTENT_TYPE",
+    "InferRequest",
+    "ModelRepository",
+    "ModelSpec",
+    "RequestedOutput",
+    "ServedModel",
+    "Tensor",
+    "TensorSpec",
+    "create_app",
+    "datatype_of",
+    "encode_infer_response",
+    "error_body",
+    "metadata_model",
+    "metadata_server",
+    "parse_infer_request",
+    "serve",
+]

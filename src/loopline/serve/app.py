@@ -1,0 +1,595 @@
+"""The ASGI app: Open Inference Protocol v2 REST, ``/predict`` with online features, metrics.
+
+Routes (``create_app``):
+
+- ``GET /v2/health/live``, ``GET /v2/health/ready``: liveness, and readiness (every
+  served model loaded; 503 with Retry-After until then).
+- ``GET /v2``: server metadata. ``GET /v2/models/{name}[/versions/{v}]``: model metadata
+  (its inputs, one per feature, and its output). ``GET .../ready``.
+- ``POST /v2/models/{name}[/versions/{v}]/infer``: inference with named tensors, one
+  input per feature, JSON or the binary tensor extension (``loopline.serve.protocol``).
+- ``POST /predict``: a JSON object, or a list of them, holding entity keys and request
+  fields; the server reads the model's features from the online store, computes the
+  on-demand ones and answers the predictions with the model name and version and a
+  request id. ``?model=NAME`` picks a model, ``?at=ISO-8601`` the time the features
+  are read as of (now by default).
+- ``GET /metrics``: Prometheus metrics. ``GET /openapi.json``: this API's description.
+
+Every error is a JSON ``{"error": "..."}`` with a 4xx status (503 with Retry-After
+while a model loads); a request never gets a 500 for what it sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from loopline import __version__
+from loopline.errors import (
+    FeatureError,
+    LooplineError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    OnlineStoreError,
+    ProtocolError,
+    TrainingError,
+    UnknownEntityError,
+)
+from loopline.features.definition import OnDemand, View
+from loopline.serve.metrics import CONTENT_TYPE_LATEST, ServerMetrics
+from loopline.serve.openapi import openapi_document
+from loopline.serve.protocol import (
+    InferRequest,
+    Tensor,
+    TensorSpec,
+    encode_infer_response,
+    error_body,
+    metadata_model,
+    metadata_server,
+    parse_infer_request,
+)
+from loopline.serve.repository import ModelRepository, ServedModel
+from loopline.store.online import OnlineStore
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
+
+log = logging.getLogger("loopline.serve")
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+"""Requests with a larger body get 413."""
+
+_JSON = "application/json"
+_THREADPOOL_ROWS = 2048  # larger batches are predicted off the event loop
+_END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+_FEW_VALUES = 16  # a tensor this small is handed on as a list (see Preprocessor)
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _Server:
+    """What the route handlers share: models, features, metrics, limits."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        views: Sequence[View | OnDemand] | None,
+        online: OnlineStore | None,
+        max_body_bytes: int,
+        allow_unknown: Collection[str] = (),
+    ) -> None:
+        self.repository = repository
+        self.allow_unknown = frozenset(allow_unknown)
+        self.views = list(views) if views else None
+        self.online = online
+        self.max_body_bytes = int(max_body_bytes)
+        self.metrics = ServerMetrics()
+        self.default = repository.names[0]
+        self._counters: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._published: set[tuple[str, str, str]] = set()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def route(self, name: str, handler: Handler) -> Handler:
+        """Wrap ``handler``: time it, and turn every error into a JSON answer."""
+        latency, errors = self.metrics.latency, self.metrics.errors
+        timers: dict[tuple[str, str], Any] = {}  # labelled children, looked up once
+
+        async def answer(request: Request) -> Response:
+            start = time.perf_counter()
+            request.state.model = ("", "")
+            try:
+                response = await handler(request)
+            except Exception as exc:  # every error becomes an answer
+                response = _error_response(exc)
+                errors.labels(name, str(response.status_code), _kind(exc)).inc()
+            key = request.state.model
+            timer = timers.get(key)
+            if timer is None:
+                timer = timers[key] = latency.labels(name, *key)
+            timer.observe(time.perf_counter() - start)
+            return response
+
+        return answer
+
+    async def body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise _too_large(int(declared), self.max_body_bytes)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _too_large(size, self.max_body_bytes)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def predicted(self, model: ServedModel, rows: int) -> None:
+        key = (model.name, model.version)
+        counters = self._counters.get(key)
+        if counters is None:
+            counters = self._counters[key] = (
+                self.metrics.predictions.labels(model.name, str(model.version)),
+                self.metrics.batch_size.labels(model.name),
+            )
+        counters[0].inc(rows)
+        counters[1].observe(rows)
+
+    def publish_models(self) -> None:
+        """Set ``loopline_model_loaded``: 1 for each loaded version, 0 for those gone."""
+        gauge = self.metrics.loaded
+        status = self.repository.status()
+        now = {
+            (m.name, str(m.version), "true" if status.get(m.name) == m.version else "false")
+            for m in self.repository.loaded()
+        }
+        for labels in self._published - now:
+            gauge.labels(*labels).set(0)
+        for labels in now:
+            gauge.labels(*labels).set(1)
+        self._published |= now
+
+    # -- health and metadata ----------------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        return _json({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        if not self.repository.ready():
+            raise ModelNotReadyError("The server is loading its models; retry shortly.")
+        return _json({"ready": True})
+
+    async def server_metadata(self, request: Request) -> Response:
+        return _json(metadata_server(name="loopline", version=__version__))
+
+    def _model(self, request: Request) -> ServedModel:
+        params = request.path_params
+        model = self.repository.get(params["name"], params.get("version"))
+        request.state.model = (model.name, str(model.version))
+        return model
+
+    async def model_metadata(self, request: Request) -> Response:
+        model = self._model(request)
+        return _json(
+            metadata_model(
+                model.name,
+                versions=[str(model.version)],
+                platform=f"loopline_{model.bundle.model.kind}",
+                inputs=[TensorSpec(name, datatype, (-1,)) for name, datatype in model.inputs()],
+                outputs=[TensorSpec(model.output, "FP64", (-1,))],
+            )
+        )
+
+    async def model_ready(self, request: Request) -> Response:
+        model = self._model(request)
+        return _json({"name": model.name, "version": str(model.version), "ready": True})
+
+    # -- inference --------------------------------------------------------------------------
+
+    async def infer(self, request: Request) -> Response:
+        model = self._model(request)
+        body = await self.body(request)
+        header = request.headers.get("inference-header-content-length")
+        if header is not None and not header.strip().isdigit():
+            raise ProtocolError(
+                f"The Inference-Header-Content-Length header must be a byte count. Got {header!r}."
+            )
+        parsed = parse_infer_request(body, header_length=None if header is None else int(header))
+        columns, rows = _columns(model, parsed)
+        predictions = await self._predict(model, columns, rows)
+        output = Tensor(model.output, "FP64", (rows,), predictions)
+        content, headers = encode_infer_response(
+            model_name=model.name,
+            model_version=str(model.version),
+            outputs=[output],
+            request=parsed,
+            id=parsed.id,
+        )
+        self.predicted(model, rows)
+        return Response(content, headers=headers)
+
+    async def _predict(
+        self, model: ServedModel, columns: Mapping[str, Any], rows: int
+    ) -> np.ndarray:
+        if rows >= _THREADPOOL_ROWS:
+            return await run_in_threadpool(model.bundle.predict_columns, columns)
+        return model.bundle.predict_columns(columns)
+
+    async def predict(self, request: Request) -> Response:
+        query = request.query_params
+        model = self.repository.get(query.get("model") or self.default, query.get("version"))
+        request.state.model = (model.name, str(model.version))
+        at = _instant(query.get("at"))
+        rows = _rows(await self.body(request))
+        columns = await self._features(model, rows, at)
+        predictions = await self._predict(model, columns, len(rows))
+        self.predicted(model, len(rows))
+        return _json(
+            {
+                "request_id": request.headers.get("x-request-id") or uuid.uuid4().hex,
+                "model": model.name,
+                "version": model.version,
+                "predictions": predictions.tolist(),
+            }
+        )
+
+    async def _features(
+        self, model: ServedModel, rows: list[dict[str, Any]], at: datetime | None
+    ) -> Mapping[str, Any]:
+        if self.views is None:
+            sent = set(rows[0]) if len(rows) == 1 else set().union(*rows)
+            return {
+                name: [row.get(name) for row in rows]
+                for name in model.bundle.features
+                if name in sent
+            }
+        from loopline.features.materialize import online_features
+
+        start = time.perf_counter()
+        frame = online_features(self.views, rows, at=at, store=self.online)
+        self.metrics.feature_lookup.observe(time.perf_counter() - start)
+        columns = frame.to_dict(as_series=False)
+        self._check_known(rows, columns)
+        return columns
+
+    def _check_known(self, rows: list[dict[str, Any]], columns: Mapping[str, list[Any]]) -> None:
+        """Refuse a request for an entity the online store has never held (404).
+
+        A row whose features of a view are all missing is either expired (older than the
+        view's TTL, or newer than ``at``) or unknown; the store is asked again without
+        time bounds to tell which. Entities named in ``allow_unknown`` are let through
+        with their features missing.
+        """
+        assert self.views is not None
+        assert self.online is not None
+        for view in self.views:
+            if isinstance(view, OnDemand) or view.entity.name in self.allow_unknown:
+                continue
+            blank = [
+                i
+                for i in range(len(rows))
+                if all(columns[name][i] is None for name in view.feature_names)
+            ]
+            if not blank:
+                continue
+            keys = [tuple(rows[i].get(k) for k in view.keys) for i in blank]
+            ever = self.online.read(view.name, keys, features=view.feature_names, at=_END_OF_TIME)
+            for key, found in zip(keys, ever, strict=True):
+                if found is None:
+                    shown = ", ".join(f"{k}={v!r}" for k, v in zip(view.keys, key, strict=True))
+                    raise UnknownEntityError(
+                        f"Unknown {view.entity.name}: {shown}. The online store has no row of "
+                        f"view {view.name!r} for it; check the key, materialize the view "
+                        f"('loopline materialize'), or serve with --allow-unknown "
+                        f"{view.entity.name} to predict with its features missing.",
+                        entity=view.entity.name,
+                        view=view.name,
+                    )
+
+    async def metrics_page(self, request: Request) -> Response:
+        self.publish_models()
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, request: Request) -> Response:
+        return _json(openapi_document(self.repository.names))
+
+
+def create_app(
+    repository: ModelRepository,
+    *,
+    views: Sequence[View | OnDemand] | None = None,
+    online_store: OnlineStore | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    refresh_seconds: float | None = 2.0,
+    load: bool = True,
+    allow_unknown: Collection[str] = (),
+) -> Starlette:
+    """The serving app over ``repository`` (see the module docstring).
+
+    Parameters
+    ----------
+    repository
+        The models to serve. With ``load``, those not loaded yet are loaded when the app
+        starts, off the event loop (the health routes answer meanwhile; model routes get
+        503 with Retry-After).
+    views, online_store
+        The feature definitions ``/predict`` reads, and the online store they are read
+        from (the configured one by default). Without views, ``/predict`` takes every
+        feature from the request.
+    max_body_bytes
+        Larger request bodies get 413.
+    refresh_seconds
+        How often to ask the registry whether a followed alias moved (None: never).
+    allow_unknown
+        Entities (by name, such as ``plane``) that ``/predict`` may be asked about
+        although the online store has never held them: their features are missing.
+        Any other unknown entity gets 404.
+    """
+    server = _Server(
+        repository,
+        views=views,
+        online=online_store,
+        max_body_bytes=max_body_bytes,
+        allow_unknown=allow_unknown,
+    )
+    if views and online_store is None:
+        from loopline.features.materialize import online_store as configured
+
+        server.online = configured()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks = []
+        if load and not repository.ready():
+            tasks.append(asyncio.create_task(_load(server)))
+        if refresh_seconds:
+            tasks.append(asyncio.create_task(_follow(server, float(refresh_seconds))))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            repository.close()
+
+    r = server.route
+    model = "/v2/models/{name}"
+    version = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route("/v2/health/live", r("live", server.live), methods=["GET"]),
+        Route("/v2/health/ready", r("ready", server.ready), methods=["GET"]),
+        Route("/v2", r("server_metadata", server.server_metadata), methods=["GET"]),
+        Route(model, r("model_metadata", server.model_metadata), methods=["GET"]),
+        Route(version, r("model_metadata", server.model_metadata), methods=["GET"]),
+        Route(f"{model}/ready", r("model_ready", server.model_ready), methods=["GET"]),
+        Route(f"{version}/ready", r("model_ready", server.model_ready), methods=["GET"]),
+        Route(f"{model}/infer", r("infer", server.infer), methods=["POST"]),
+        Route(f"{version}/infer", r("infer", server.infer), methods=["POST"]),
+        Route("/predict", r("predict", server.predict), methods=["POST"]),
+        Route("/metrics", server.metrics_page, methods=["GET"]),
+        Route("/openapi.json", server.openapi, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _not_allowed},
+    )
+    app.state.server = server
+    return app
+
+
+async def _load(server: _Server) -> None:
+    try:
+        await run_in_threadpool(server.repository.load)
+    except LooplineError as exc:
+        log.error("cannot load the models: %s", exc)
+    server.publish_models()
+
+
+async def _follow(server: _Server, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            switched = await run_in_threadpool(server.repository.refresh)
+        except Exception:  # a failed check is retried at the next tick
+            log.exception("cannot check the registry for moved aliases")
+            continue
+        for name, _old, _new in switched:
+            server.metrics.switches.labels(name).inc()
+        if switched:
+            server.publish_models()
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+def _columns(model: ServedModel, request: InferRequest) -> tuple[dict[str, Any], int]:
+    """The model's feature columns from the request's tensors, one tensor per feature."""
+    inputs = dict(model.inputs())
+    names = [t.name for t in request.inputs]
+    extra = [n for n in names if n not in inputs]
+    if extra:
+        raise ProtocolError(
+            f"Model {model.name!r} has no input {extra[0]!r}; its inputs are one per feature: "
+            f"{', '.join(inputs)}.",
+            input=extra[0],
+        )
+    missing = [n for n in inputs if n not in names]
+    if missing:
+        raise ProtocolError(
+            f"The request lacks the input(s) {', '.join(map(repr, missing))} of model "
+            f"{model.name!r}; send one tensor per feature ({', '.join(inputs)}).",
+            input=missing[0],
+        )
+    columns: dict[str, Any] = {}
+    rows: int | None = None
+    for tensor in request.inputs:
+        shape = tensor.shape
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            raise ProtocolError(
+                f"Input {tensor.name!r} has shape {list(shape)}; a feature is a tensor of "
+                f"shape [rows] or [rows, 1].",
+                input=tensor.name,
+            )
+        if rows is None:
+            rows = shape[0]
+        elif shape[0] != rows:
+            raise ProtocolError(
+                f"Input {tensor.name!r} has {shape[0]} row(s) but the inputs before it have "
+                f"{rows}; every feature needs one value per row.",
+                input=tensor.name,
+            )
+        columns[tensor.name] = _values(tensor, inputs[tensor.name])
+    if not rows:
+        raise ProtocolError("The request has no rows to predict.")
+    return columns, rows
+
+
+def _values(tensor: Tensor, datatype: str) -> Any:
+    data = tensor.data.reshape(-1)
+    if datatype == "BYTES":
+        if tensor.datatype != "BYTES":
+            raise ProtocolError(
+                f"Input {tensor.name!r} is a categorical feature: send it as BYTES (text). Got "
+                f"{tensor.datatype}.",
+                input=tensor.name,
+            )
+        try:
+            return [v.decode() if isinstance(v, bytes) else str(v) for v in data]
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(
+                f"Input {tensor.name!r} holds bytes that are not UTF-8 text: {exc}.",
+                input=tensor.name,
+            ) from exc
+    if tensor.datatype == "BYTES":
+        raise ProtocolError(
+            f"Input {tensor.name!r} is a numeric feature ({datatype}); send it as a number "
+            f"tensor such as {datatype}. Got BYTES.",
+            input=tensor.name,
+        )
+    few = data.size <= _FEW_VALUES
+    values = data.tolist() if few else data
+    if data.dtype.kind == "f" and (
+        any(map(math.isinf, values)) if few else bool(np.isinf(data).any())
+    ):
+        raise ProtocolError(
+            f"Input {tensor.name!r} holds infinity, which no feature can take; send NaN for "
+            f"a missing value.",
+            input=tensor.name,
+        )
+    return values
+
+
+def _rows(body: bytes) -> list[dict[str, Any]]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"The request body is not valid JSON: {exc}.") from exc
+    rows = [data] if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ProtocolError(
+            "POST /predict takes a JSON object of entity keys and request fields, such as "
+            '{"carrier": "UA", "origin": "EWR"}, or a non-empty list of such objects.'
+        )
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, (dict, list)):
+                raise ProtocolError(
+                    f"Field {key!r} holds a JSON {type(value).__name__}; a field is one "
+                    f"value (text, number, boolean or null).",
+                    field=key,
+                )
+    return rows
+
+
+def _instant(text: str | None) -> datetime | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ProtocolError(
+            f"The 'at' parameter must be an ISO 8601 time such as 2013-12-30T15:00:00Z. Got "
+            f"{text!r}."
+        ) from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# -- answers --------------------------------------------------------------------------------
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        headers=headers,
+        media_type=_JSON,
+    )
+
+
+def _status(exc: BaseException) -> int:
+    if isinstance(exc, ProtocolError):
+        return int(exc.status)
+    if isinstance(exc, ModelNotReadyError):
+        return 503
+    if isinstance(exc, (ModelNotFoundError, UnknownEntityError)):
+        return 404
+    if isinstance(exc, (TrainingError, FeatureError)):
+        return 400
+    if isinstance(exc, OnlineStoreError):
+        return 503
+    if isinstance(exc, LooplineError):
+        return 400
+    return 500
+
+
+def _error_response(exc: BaseException) -> Response:
+    status = _status(exc)
+    if status >= 500 and not isinstance(exc, (ModelNotReadyError, OnlineStoreError)):
+        log.exception("internal error", exc_info=exc)
+        message = f"Internal error ({type(exc).__name__}); the server log has the details."
+    else:
+        message = str(exc)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return Response(error_body(message), status_code=status, headers=headers, media_type=_JSON)
+
+
+def _kind(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _too_large(size: int, limit: int) -> ProtocolError:
+    return ProtocolError(
+        f"The request body is {size:,} bytes, more than this server's limit of {limit:,}; "
+        f"send fewer rows per request.",
+        status=413,
+    )
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return Response(
+        error_body(f"No route {request.url.path}; see /openapi.json for this server's routes."),
+        status_code=404,
+        media_type=_JSON,
+    )
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return Response(
+        error_body(f"{request.method} is not allowed on {request.url.path}."),
+        status_code=405,
+        media_type=_JSON,
+    )

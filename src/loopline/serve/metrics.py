@@ -1,0 +1,87 @@
+"""Prometheus metrics of one server: latency, predictions, errors, batches, feature lookups.
+
+Each ``ServerMetrics`` has its own ``CollectorRegistry``, so two apps in one process (as
+in the tests) never share counters. ``/metrics`` renders it in the text exposition
+format.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "ServerMetrics"]
+
+# Request latency buckets, in seconds: a served prediction takes well under a millisecond
+# to tens of milliseconds.
+_LATENCY = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
+
+
+class ServerMetrics:
+    """The server's metrics (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.latency = Histogram(
+            "loopline_request_seconds",
+            "Time to answer a request, by route and model version.",
+            ("route", "model", "version"),
+            buckets=_LATENCY,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "loopline_predictions",
+            "Rows predicted, by model version.",
+            ("model", "version"),
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "loopline_request_errors",
+            "Requests answered with an error, by route, HTTP status and kind.",
+            ("route", "status", "kind"),
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "loopline_batch_rows",
+            "Rows per model call, by model.",
+            ("model",),
+            buckets=_BATCH,
+            registry=self.registry,
+        )
+        self.feature_lookup = Histogram(
+            "loopline_feature_lookup_seconds",
+            "Time to read a request's features from the online store.",
+            buckets=_LATENCY,
+            registry=self.registry,
+        )
+        self.loaded = Gauge(
+            "loopline_model_loaded",
+            "1 for each model version loaded; 'current' says whether it answers by default.",
+            ("model", "version", "current"),
+            registry=self.registry,
+        )
+        self.switches = Counter(
+            "loopline_model_switches",
+            "Times a followed alias moved and the server switched versions.",
+            ("model",),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,116 @@
+"""``loopline serve`` as a real process on a real socket: one worker and two forked ones."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+from loopline.config import Settings
+from loopline.data.workspace import Workspace
+from loopline.registry import Registry
+from loopline.train import LightGBMModel, train_bundle
+
+
+def _environment(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPLINE_")}
+    env["LOOPLINE_HOME"] = str(home)
+    return env
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    settings = Settings.load(start=tmp_path, search=False, env={"LOOPLINE_HOME": str(home)})
+    registry = Registry(Workspace(settings.metadata_url, settings.artifact_url))
+    rng = np.random.default_rng(0)
+    rows = pl.DataFrame({"x": rng.normal(size=300), "city": rng.choice(["a", "b"], 300)})
+    rows = rows.with_columns(y=(pl.col("x") > 0) ^ (pl.col("city") == "a"))
+    bundle = train_bundle(
+        rows,
+        features=["x", "city"],
+        label="y",
+        model=LightGBMModel(num_rounds=5, min_data_in_leaf=5),
+    )
+    registry.promote("toy", registry.register_bundle("toy", bundle).version, why="test")
+    return home
+
+
+def _start(home: Path, tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    ready = tmp_path / f"ready-{len(args)}"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loopline",
+            "serve",
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+            *args,
+        ],
+        cwd=tmp_path,
+        env=_environment(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists() or not ready.read_text().strip():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            out, err = process.communicate()
+            raise AssertionError(f"the server did not start:\n{out}\n{err}")
+        time.sleep(0.05)
+    return process, f"http://{ready.read_text().strip()}"
+
+
+def _stop(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=30)
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_server_answers_on_a_socket(home: Path, tmp_path: Path, workers: int) -> None:
+    process, url = _start(home, tmp_path, "--workers", str(workers))
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for _ in range(50):
+                if client.get("/v2/health/ready").status_code == 200:
+                    break
+                time.sleep(0.1)
+            answers = [
+                client.post("/predict", json={"x": float(i) / 10, "city": "ab"[i % 2]})
+                for i in range(40)
+            ]
+            bad = client.post("/predict", content=b"{")
+    finally:
+        out = _stop(process)
+    assert {a.status_code for a in answers} == {200}
+    assert {a.json()["model"] for a in answers} == {"toy"}
+    assert bad.status_code == 400
+    assert f"Serving toy@1 on {url} ({workers} worker(s))" in out
+
+
+def test_serve_without_a_champion_says_what_to_do(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "loopline", "serve", "--port", "0"],
+        cwd=tmp_path,
+        env=_environment(tmp_path / "empty"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "No model to serve" in done.stderr
