@@ -657,6 +657,48 @@ def serve(
             "it (its features are then missing); otherwise such a request gets 404. Repeat.",
         ),
     ] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="LOOPLINE_API_KEYS",
+            metavar="KEY",
+            help="Require this key (Authorization: Bearer KEY) on the prediction and admin "
+            "routes. Repeat for several; LOOPLINE_API_KEYS holds them space-separated.",
+        ),
+    ] = None,
+    shadow: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ALIAS",
+            help="An alias or version of the (first) model that "
+            "scores a copy of every request, never returned.",
+        ),
+    ] = None,
+    canary: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ALIAS",
+            help="An alias or version that answers a share of the "
+            "requests (--canary-percent), split by --canary-key.",
+        ),
+    ] = None,
+    canary_percent: Annotated[float, typer.Option(min=0, max=100)] = 10.0,
+    canary_key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FIELD",
+            help="The request field (or header) hashed to keep each "
+            "entity on one side of the canary.",
+        ),
+    ] = None,
+    fallback: Annotated[
+        str | None,
+        typer.Option(
+            help="'previous' or a number: what answers when the model fails or "
+            "exceeds --timeout-ms."
+        ),
+    ] = None,
+    timeout_ms: Annotated[float | None, typer.Option(min=0.001)] = None,
 ) -> None:
     """Serve models over the Open Inference Protocol v2 (REST) and POST /predict."""
     from loopline.serve.server import serve as run_server
@@ -679,6 +721,19 @@ def serve(
         refresh_seconds=poll or None,
         ready_file=ready_file,
         allow_unknown=allow_unknown or (),
+        api_keys=[k for item in api_key or () for k in item.split()],
+        rollout={
+            key: value
+            for key, value in {
+                "shadow": shadow,
+                "canary": canary,
+                "percent": canary_percent if canary else None,
+                "key": canary_key,
+                "fallback": fallback,
+                "timeout_ms": timeout_ms,
+            }.items()
+            if value is not None
+        },
     )
 
 

@@ -21,7 +21,11 @@
     ├── ServingError                             a model cannot be served or a request answered
     │   ├── ProtocolError (ValueError)           a request breaks OIP v2; ``.status`` to answer
     │   ├── ModelNotReadyError                   a served model is still loading (503, Retry-After)
-    │   └── UnknownEntityError (KeyError)         a request names an entity never materialized
+    │   ├── ModelFailedError                     a model failed and no fallback answered (503)
+    │   ├── AuthError                            a request lacks a valid API key (401)
+    │   ├── UnknownEntityError (KeyError)         a request names an entity never materialized
+    │   ├── PredictionLogError (ValueError)      a prediction log is given a bad parameter
+    │   └── BatchPredictionError (ValueError)    rows cannot be scored in batch, or written
     └── PipelineError
         ├── PipelineLoadError (ImportError)      a pipeline file or module does not import
         ├── PipelineDefinitionError (ValueError) cycles, missing upstream names, bad parameters
@@ -39,18 +43,22 @@ __all__ = [
     "ArtifactCorruptedError",
     "ArtifactError",
     "ArtifactNotFoundError",
+    "AuthError",
+    "BatchPredictionError",
     "ConfigError",
     "ContractError",
     "DatasetNotFoundError",
     "FeatureError",
     "LooplineError",
     "MetadataStoreError",
+    "ModelFailedError",
     "ModelNotFoundError",
     "ModelNotReadyError",
     "OnlineStoreError",
     "PipelineDefinitionError",
     "PipelineError",
     "PipelineLoadError",
+    "PredictionLogError",
     "ProtocolError",
     "RegistryError",
     "RunNotFoundError",
@@ -170,8 +178,25 @@ class ModelNotReadyError(ServingError):
     retry_after: int = 1
 
 
+class ModelFailedError(ServingError):
+    """A served model raised or timed out and no fallback could answer (503)."""
+
+
+class AuthError(ServingError):
+    """A request lacks a valid API key (401)."""
+
+
 class UnknownEntityError(ServingError, KeyError):
     """A request names an entity the online store has never held (404)."""
+
+
+class PredictionLogError(ServingError, ValueError):
+    """A prediction log is given an invalid parameter or sink (``.parameter`` says which)."""
+
+
+class BatchPredictionError(ServingError, ValueError):
+    """Rows cannot be scored in batch: the input lacks a feature or has the wrong type, or
+    the output cannot be written. ``.column`` or ``.path`` says where."""
 
 
 class PipelineError(LooplineError):

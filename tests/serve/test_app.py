@@ -29,6 +29,7 @@ from loopline.features.materialize import materialize, online_features
 from loopline.registry import Registry
 from loopline.serve.app import create_app
 from loopline.serve.repository import ModelRepository, ModelSpec
+from loopline.serve.rollout import Rollout, bucket
 from loopline.serve.server import check_feature_versions
 from loopline.store.online import open_online_store
 from loopline.train import LightGBMModel, ModelBundle, train_bundle
@@ -525,3 +526,178 @@ def test_an_unknown_entity_gets_404_unless_allowed(tmp_path: Path, registry: Reg
     assert expired.status_code == 200, expired.text  # known, but too old: missing
     assert fresh.status_code == 200, fresh.text
     assert expired.json()["predictions"] != fresh.json()["predictions"]
+
+
+# -- canary, shadow, fallback, keys, admin ----------------------------------------------------
+
+
+@pytest.fixture
+def rollout_registry(registry: Registry) -> Registry:
+    """Version 1 is the champion, version 2 the challenger."""
+    registry.promote("weather-late", 1, why="champion")
+    registry.promote("weather-late", 2, alias="challenger", why="challenger")
+    return registry
+
+
+def _served(registry: Registry, **rollout: Any) -> Any:
+    """An app over loaded models: the main one and the rollout's, if any."""
+    repository = ModelRepository(registry, ["weather-late"])
+    repository.load()
+    rollouts = {}
+    if rollout:
+        rollouts["weather-late"] = Rollout.from_config(registry, "weather-late", rollout)
+        for side in rollouts["weather-late"].repositories():
+            side.load()
+    return create_app(repository, refresh_seconds=None, load=False, rollouts=rollouts)
+
+
+def _row(city: str) -> dict[str, Any]:
+    return {"city": city, "temp": 3.0, "hour": 7}
+
+
+def test_a_canary_takes_its_share_and_each_key_stays_on_its_side(
+    rollout_registry: Registry,
+) -> None:
+    keys = [f"city-{i}" for i in range(60)]
+    with TestClient(_served(rollout_registry, canary="challenger", percent=50, key="city")) as c:
+        first = {k: c.post("/predict", json=_row(k)).json() for k in keys}
+        again = {k: c.post("/predict", json=_row(k)).json()["version"] for k in keys}
+        metrics = c.get("/metrics").text
+
+    versions = {k: answer["version"] for k, answer in first.items()}
+    assert versions == again  # sticky
+    assert set(versions.values()) == {1, 2}
+    assert all(first[k].get("route") == "canary" for k in keys if versions[k] == 2)
+    assert all(bucket(k) < 5000 for k in keys if versions[k] == 2)
+    assert (
+        'loopline_routed_requests_total{model="weather-late",role="canary",version="2"}' in metrics
+    )
+
+    with TestClient(_served(rollout_registry, canary="challenger", percent=0, key="city")) as c:
+        assert {c.post("/predict", json=_row(k)).json()["version"] for k in keys[:10]} == {1}
+    with TestClient(_served(rollout_registry, canary="challenger", percent=100)) as c:
+        body = _infer_body(_rows(2))
+        assert c.post("/v2/models/weather-late/infer", json=body).json()["model_version"] == "2"
+        # an explicit version is never re-routed
+        pinned = c.post("/v2/models/weather-late/versions/1/infer", json=body)
+        assert pinned.json()["model_version"] == "1"
+
+
+def test_a_shadow_scores_a_copy_and_is_never_returned(rollout_registry: Registry) -> None:
+    with TestClient(_served(rollout_registry, shadow="challenger")) as client:
+        answers = [client.post("/predict", json=[_row("Oslo"), _row("Rome")]) for _ in range(3)]
+        metrics = client.get("/metrics").text
+
+    assert {a.json()["version"] for a in answers} == {1}
+    assert all("route" not in a.json() for a in answers)
+    assert 'loopline_shadow_predictions_total{model="weather-late",version="2"} 6.0' in metrics
+
+
+def test_a_failing_model_falls_back(
+    rollout_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(matrix: Any) -> Any:
+        raise RuntimeError("the model is broken")
+
+    def slow(matrix: Any) -> Any:
+        time.sleep(0.3)
+        return np.zeros(len(matrix))
+
+    rollout_registry.promote("weather-late", 2, why="v2 serves, v1 is kept for fallback")
+    try:
+        repository = ModelRepository(rollout_registry, ["weather-late"])
+        repository.load()
+        rollout_registry.promote("weather-late", 1, why="back")
+        repository.refresh()  # current 1, previous 2
+        current = repository.get("weather-late")
+        assert repository.previous("weather-late") is not None
+        monkeypatch.setattr(current.bundle.model, "predict_encoded", broken)
+        outcomes = {}
+        for fallback in ("previous", 0.25, None):
+            rollouts = {"weather-late": Rollout(fallback=fallback)}
+            app = create_app(repository, refresh_seconds=None, load=False, rollouts=rollouts)
+            with TestClient(app) as client:
+                outcomes[fallback] = client.post("/predict", json=_row("Oslo"))
+                metrics = client.get("/metrics").text
+        monkeypatch.setattr(current.bundle.model, "predict_encoded", slow)
+        rollouts = {"weather-late": Rollout(fallback=0.75, timeout_ms=20)}
+        app = create_app(repository, refresh_seconds=None, load=False, rollouts=rollouts)
+        with TestClient(app) as client:
+            late = client.post("/predict", json=_row("Oslo"))
+            late_metrics = client.get("/metrics").text
+    finally:
+        rollout_registry.promote("weather-late", 1, why="restore")
+
+    previous = outcomes["previous"].json()
+    assert (previous["version"], previous["route"]) == (2, "fallback")
+    assert outcomes[0.25].json()["predictions"] == [0.25]
+    assert outcomes[None].status_code == 503
+    assert "no fallback" in outcomes[None].json()["error"]
+    assert 'loopline_fallbacks_total{model="weather-late",reason="error"} 1.0' in metrics
+    assert late.json()["predictions"] == [0.75]
+    assert 'loopline_fallbacks_total{model="weather-late",reason="timeout"} 1.0' in late_metrics
+
+
+def test_api_keys_guard_prediction_and_admin_routes(registry: Registry) -> None:
+    repository = ModelRepository(registry, ["weather-late"])
+    repository.load()
+    app = create_app(repository, refresh_seconds=None, load=False, api_keys=["s3cret", "other"])
+    row = _row("Oslo")
+    with TestClient(app) as client:
+        none = client.post("/predict", json=row)
+        wrong = client.post("/predict", json=row, headers={"Authorization": "Bearer nope"})
+        bearer = client.post("/predict", json=row, headers={"Authorization": "Bearer s3cret"})
+        header = client.post("/predict", json=row, headers={"X-API-Key": "other"})
+        infer = client.post("/v2/models/weather-late/infer", json=_infer_body(_rows(1)))
+        admin = client.post("/admin/reload")
+        open_routes = [
+            client.get(p).status_code
+            for p in ("/v2/health/ready", "/v2/models/weather-late", "/metrics")
+        ]
+
+    assert (none.status_code, wrong.status_code, infer.status_code, admin.status_code) == (401,) * 4
+    assert none.headers["www-authenticate"] == "Bearer"
+    assert "requires an API key" in none.json()["error"]
+    assert (bearer.status_code, header.status_code) == (200, 200)
+    assert open_routes == [200, 200, 200]
+
+
+def test_admin_routes_set_and_clear_a_rollout(rollout_registry: Registry) -> None:
+    with TestClient(_served(rollout_registry)) as client:
+        before = client.post("/predict", json=_row("Oslo")).json()["version"]
+        put = client.put(
+            "/admin/models/weather-late/rollout", json={"canary": "challenger", "percent": 100}
+        )
+        during = client.post("/predict", json=_row("Oslo")).json()
+        listed = client.get("/admin/rollouts").json()
+        cleared = client.delete("/admin/models/weather-late/rollout")
+        after = client.post("/predict", json=_row("Oslo")).json()["version"]
+        bad_key = client.put(
+            "/admin/models/weather-late/rollout", json={"canary": "challenger", "share": 5}
+        )
+        bad_alias = client.put("/admin/models/weather-late/rollout", json={"canary": "nope"})
+        bad_model = client.put("/admin/models/nope/rollout", json={"canary": "challenger"})
+        not_json = client.put("/admin/models/weather-late/rollout", content=b"[1")
+        rollout_registry.promote("weather-late", 2, why="reload test")
+        reloaded = client.post("/admin/reload").json()
+    rollout_registry.promote("weather-late", 1, why="restore")
+
+    assert (before, during["version"], during["route"], after) == (1, 2, "canary", 1)
+    assert put.json()["canary"] == {"spec": "weather-late@challenger", "version": 2}
+    assert listed["weather-late"]["percent"] == 100
+    assert cleared.json() == {"model": "weather-late", "rollout": None}
+    assert bad_key.status_code == 400
+    assert "no setting 'share'" in bad_key.json()["error"]
+    assert bad_alias.status_code == 404
+    assert bad_model.status_code == 404
+    assert not_json.status_code == 400
+    assert reloaded == {"switched": [{"model": "weather-late", "from": 1, "to": 2}]}
+
+
+def test_rollout_settings_are_checked() -> None:
+    with pytest.raises(ServingError, match="percentage from 0 to 100"):
+        Rollout(percent=120)
+    with pytest.raises(ServingError, match="'previous'"):
+        Rollout(fallback="yesterday")
+    with pytest.raises(ServingError, match="positive number of milliseconds"):
+        Rollout(timeout_ms=0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -41,8 +43,10 @@ from starlette.routing import Route
 
 from loopline import __version__
 from loopline.errors import (
+    AuthError,
     FeatureError,
     LooplineError,
+    ModelFailedError,
     ModelNotFoundError,
     ModelNotReadyError,
     OnlineStoreError,
@@ -64,6 +68,7 @@ from loopline.serve.protocol import (
     parse_infer_request,
 )
 from loopline.serve.repository import ModelRepository, ServedModel
+from loopline.serve.rollout import Rollout
 from loopline.store.online import OnlineStore
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
@@ -91,9 +96,13 @@ class _Server:
         online: OnlineStore | None,
         max_body_bytes: int,
         allow_unknown: Collection[str] = (),
+        api_keys: Collection[str] = (),
+        rollouts: Mapping[str, Rollout] | None = None,
     ) -> None:
         self.repository = repository
         self.allow_unknown = frozenset(allow_unknown)
+        self.api_keys = tuple(k.encode() for k in api_keys if k)
+        self.rollouts: dict[str, Rollout] = dict(rollouts or {})
         self.views = list(views) if views else None
         self.online = online
         self.max_body_bytes = int(max_body_bytes)
@@ -104,15 +113,19 @@ class _Server:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def route(self, name: str, handler: Handler) -> Handler:
-        """Wrap ``handler``: time it, and turn every error into a JSON answer."""
+    def route(self, name: str, handler: Handler, *, guarded: bool = False) -> Handler:
+        """Wrap ``handler``: time it, turn every error into a JSON answer, and, when it
+        is ``guarded`` and API keys are configured, require one."""
         latency, errors = self.metrics.latency, self.metrics.errors
         timers: dict[tuple[str, str], Any] = {}  # labelled children, looked up once
+        check = guarded and bool(self.api_keys)
 
         async def answer(request: Request) -> Response:
             start = time.perf_counter()
             request.state.model = ("", "")
             try:
+                if check:
+                    self.authorize(request)
                 response = await handler(request)
             except Exception as exc:  # every error becomes an answer
                 response = _error_response(exc)
@@ -125,6 +138,18 @@ class _Server:
             return response
 
         return answer
+
+    def authorize(self, request: Request) -> None:
+        """Accept ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` with a configured key."""
+        sent = request.headers.get("x-api-key")
+        if sent is None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            sent = token.strip() if scheme.lower() == "bearer" else None
+        if sent is None:
+            raise AuthError("This server requires an API key: send 'Authorization: Bearer KEY'.")
+        given = sent.encode()
+        if not any(hmac.compare_digest(given, key) for key in self.api_keys):
+            raise AuthError("The API key is not valid for this server.")
 
     async def body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -201,7 +226,10 @@ class _Server:
     # -- inference --------------------------------------------------------------------------
 
     async def infer(self, request: Request) -> Response:
-        model = self._model(request)
+        params = request.path_params
+        name, version = params["name"], params.get("version")
+        main = self.repository.get(name, version)
+        request.state.model = (main.name, str(main.version))
         body = await self.body(request)
         header = request.headers.get("inference-header-content-length")
         if header is not None and not header.strip().isdigit():
@@ -209,8 +237,14 @@ class _Server:
                 f"The Inference-Header-Content-Length header must be a byte count. Got {header!r}."
             )
         parsed = parse_infer_request(body, header_length=None if header is None else int(header))
-        columns, rows = _columns(model, parsed)
-        predictions = await self._predict(model, columns, rows)
+        rollout = self.rollouts.get(name) if version is None else None
+        key = _infer_key(request, parsed, rollout, parsed.id)
+
+        def columns_for(model: ServedModel) -> tuple[Mapping[str, Any], int]:
+            return _columns(model, parsed)
+
+        model, predictions, role = await self._answer(main, rollout, key, columns_for)
+        rows = len(predictions)
         output = Tensor(model.output, "FP64", (rows,), predictions)
         content, headers = encode_infer_response(
             model_name=model.name,
@@ -218,47 +252,142 @@ class _Server:
             outputs=[output],
             request=parsed,
             id=parsed.id,
+            parameters=None if role == "main" else {"loopline_route": role},
         )
-        self.predicted(model, rows)
-        return Response(content, headers=headers)
-
-    async def _predict(
-        self, model: ServedModel, columns: Mapping[str, Any], rows: int
-    ) -> np.ndarray:
-        if rows >= _THREADPOOL_ROWS:
-            return await run_in_threadpool(model.bundle.predict_columns, columns)
-        return model.bundle.predict_columns(columns)
+        return Response(
+            content, headers=headers, background=self._shadow(rollout, columns_for, rows)
+        )
 
     async def predict(self, request: Request) -> Response:
         query = request.query_params
-        model = self.repository.get(query.get("model") or self.default, query.get("version"))
-        request.state.model = (model.name, str(model.version))
+        name, version = query.get("model") or self.default, query.get("version")
+        main = self.repository.get(name, version)
+        request.state.model = (main.name, str(main.version))
         at = _instant(query.get("at"))
         rows = _rows(await self.body(request))
-        columns = await self._features(model, rows, at)
-        predictions = await self._predict(model, columns, len(rows))
-        self.predicted(model, len(rows))
-        return _json(
-            {
-                "request_id": request.headers.get("x-request-id") or uuid.uuid4().hex,
-                "model": model.name,
-                "version": model.version,
-                "predictions": predictions.tolist(),
-            }
-        )
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        rollout = self.rollouts.get(name) if version is None else None
+        key = _predict_key(request, rows, rollout, request_id)
+        frame = await self._request_frame(rows, at)
 
-    async def _features(
-        self, model: ServedModel, rows: list[dict[str, Any]], at: datetime | None
-    ) -> Mapping[str, Any]:
+        def columns_for(model: ServedModel) -> tuple[Mapping[str, Any], int]:
+            features = model.bundle.features
+            return {n: frame[n] for n in features if n in frame}, len(rows)
+
+        model, predictions, role = await self._answer(main, rollout, key, columns_for)
+        answer: dict[str, Any] = {
+            "request_id": request_id,
+            "model": model.name,
+            "version": model.version,
+            "predictions": predictions.tolist(),
+        }
+        if role != "main":
+            answer["route"] = role
+        return _json(answer, background=self._shadow(rollout, columns_for, len(rows)))
+
+    async def _answer(
+        self,
+        main: ServedModel,
+        rollout: Rollout | None,
+        key: str,
+        columns_for: Callable[[ServedModel], tuple[Mapping[str, Any], int]],
+    ) -> tuple[ServedModel, np.ndarray, str]:
+        """Predict with the canary or the main model; on a model failure, the fallback.
+
+        Bad input (a missing feature, a value of the wrong type) raises as it is: a
+        fallback is for a model that fails, not for a request that is wrong.
+        """
+        chosen = rollout.choose(key) if rollout is not None else None
+        model, role = (chosen, "canary") if chosen is not None else (main, "main")
+        columns, rows = columns_for(model)
+        matrix = model.bundle.preprocessor.transform_columns(columns)
+        timeout = None if rollout is None else rollout.timeout_ms
+        try:
+            predictions = await self._call(model, matrix, rows, timeout)
+        except (TrainingError, FeatureError, ProtocolError):
+            raise
+        except Exception as exc:  # the model failed or ran out of time
+            reason = "timeout" if isinstance(exc, TimeoutError) else "error"
+            self.metrics.fallbacks.labels(main.name, reason).inc()
+            log.warning(
+                "model %s version %s failed (%s): %r", model.name, model.version, reason, exc
+            )
+            model, predictions = self._fallback(main, rollout, columns_for, rows, exc)
+            role = "fallback"
+        self.predicted(model, rows)
+        self.metrics.routed.labels(model.name, str(model.version), role).inc()
+        return model, predictions, role
+
+    async def _call(
+        self, model: ServedModel, matrix: np.ndarray, rows: int, timeout_ms: float | None
+    ) -> np.ndarray:
+        predict = model.bundle.model.predict_encoded
+        if timeout_ms is not None:
+            call = run_in_threadpool(predict, matrix)
+            return await asyncio.wait_for(call, timeout_ms / 1000)
+        if rows >= _THREADPOOL_ROWS:
+            return await run_in_threadpool(predict, matrix)
+        return predict(matrix)
+
+    def _fallback(
+        self,
+        main: ServedModel,
+        rollout: Rollout | None,
+        columns_for: Callable[[ServedModel], tuple[Mapping[str, Any], int]],
+        rows: int,
+        error: BaseException,
+    ) -> tuple[ServedModel, np.ndarray]:
+        fallback = None if rollout is None else rollout.fallback
+        if fallback == "previous":
+            previous = self.repository.previous(main.name)
+            if previous is not None:
+                columns, _ = columns_for(previous)
+                return previous, previous.bundle.predict_columns(columns)
+        elif isinstance(fallback, float):
+            return main, np.full(rows, fallback, dtype=np.float64)
+        raise ModelFailedError(
+            f"Model {main.name!r} failed to answer ({type(error).__name__}) and has no "
+            f"fallback{' version loaded' if fallback == 'previous' else ''}; retry shortly.",
+            model=main.name,
+        ) from error
+
+    def _shadow(
+        self,
+        rollout: Rollout | None,
+        columns_for: Callable[[ServedModel], tuple[Mapping[str, Any], int]],
+        rows: int,
+    ) -> BackgroundTask | None:
+        """The shadow's copy of the request, run after the answer has gone out."""
+        shadow = None if rollout is None else rollout.shadow_model()
+        if shadow is None:
+            return None
+
+        def score() -> None:
+            try:
+                columns, _ = columns_for(shadow)
+                shadow.bundle.predict_columns(columns)
+            except Exception as exc:  # a shadow never affects the request
+                self.metrics.shadow_errors.labels(shadow.name, type(exc).__name__).inc()
+                return
+            self.metrics.shadow_predictions.labels(shadow.name, str(shadow.version)).inc(rows)
+
+        return BackgroundTask(score)
+
+    async def _request_frame(
+        self, rows: list[dict[str, Any]], at: datetime | None
+    ) -> Mapping[str, list[Any]]:
+        """The request's columns, with the online features when the server has views."""
         if self.views is None:
             sent = set(rows[0]) if len(rows) == 1 else set().union(*rows)
-            return {
-                name: [row.get(name) for row in rows]
-                for name in model.bundle.features
-                if name in sent
-            }
+            return {name: [row.get(name) for row in rows] for name in sent}
+        return await self._features(rows, at)
+
+    async def _features(
+        self, rows: list[dict[str, Any]], at: datetime | None
+    ) -> Mapping[str, list[Any]]:
         from loopline.features.materialize import online_features
 
+        assert self.views is not None
         start = time.perf_counter()
         frame = online_features(self.views, rows, at=at, store=self.online)
         self.metrics.feature_lookup.observe(time.perf_counter() - start)
@@ -300,6 +429,57 @@ class _Server:
                         view=view.name,
                     )
 
+    # -- admin ------------------------------------------------------------------------------
+
+    async def reload(self, request: Request) -> Response:
+        """Ask the registry now where every followed alias points (as the poll does)."""
+        switched = await run_in_threadpool(self.refresh)
+        return _json({"switched": [{"model": n, "from": a, "to": b} for n, a, b in switched]})
+
+    def refresh(self) -> list[tuple[str, int | None, int]]:
+        switched = self.repository.refresh()
+        for rollout in list(self.rollouts.values()):
+            for repository in rollout.repositories():
+                switched += repository.refresh() if repository.ready() else []
+        for name, _old, _new in switched:
+            self.metrics.switches.labels(name).inc()
+        if switched:
+            self.publish_models()
+        return switched
+
+    async def rollouts_page(self, request: Request) -> Response:
+        return _json({name: r.describe() for name, r in self.rollouts.items()})
+
+    async def set_rollout(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        self.repository.get(name)  # a 404 for a model this server does not serve
+        try:
+            config = orjson.loads(await self.body(request))
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"The rollout is not valid JSON: {exc}.") from exc
+        if not isinstance(config, dict):
+            raise ProtocolError(
+                'A rollout is a JSON object such as {"canary": "challenger", "percent": 10, '
+                '"key": "tailnum", "shadow": "challenger", "fallback": "previous"}.'
+            )
+        rollout = Rollout.from_config(self.repository.registry, name, config)
+        for repository in rollout.repositories():
+            await run_in_threadpool(repository.load)  # a bad alias is refused now, not later
+        old = self.rollouts.get(name)
+        self.rollouts = {**self.rollouts, name: rollout}
+        if old is not None:
+            old.close()
+        return _json(rollout.describe())
+
+    async def clear_rollout(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        rollouts = dict(self.rollouts)
+        old = rollouts.pop(name, None)
+        self.rollouts = rollouts
+        if old is not None:
+            old.close()
+        return _json({"model": name, "rollout": None})
+
     async def metrics_page(self, request: Request) -> Response:
         self.publish_models()
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -317,6 +497,8 @@ def create_app(
     refresh_seconds: float | None = 2.0,
     load: bool = True,
     allow_unknown: Collection[str] = (),
+    api_keys: Collection[str] = (),
+    rollouts: Mapping[str, Rollout] | None = None,
 ) -> Starlette:
     """The serving app over ``repository`` (see the module docstring).
 
@@ -338,6 +520,13 @@ def create_app(
         Entities (by name, such as ``plane``) that ``/predict`` may be asked about
         although the online store has never held them: their features are missing.
         Any other unknown entity gets 404.
+    api_keys
+        When given, the prediction and admin routes require one of these keys
+        (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``); health, metadata,
+        ``/metrics`` and ``/openapi.json`` stay open.
+    rollouts
+        Served model name -> its ``Rollout`` (shadow, canary, fallback); also set at
+        run time with ``PUT /admin/models/{name}/rollout``.
     """
     server = _Server(
         repository,
@@ -345,6 +534,8 @@ def create_app(
         online=online_store,
         max_body_bytes=max_body_bytes,
         allow_unknown=allow_unknown,
+        api_keys=api_keys,
+        rollouts=rollouts,
     )
     if views and online_store is None:
         from loopline.features.materialize import online_store as configured
@@ -356,6 +547,10 @@ def create_app(
         tasks = []
         if load and not repository.ready():
             tasks.append(asyncio.create_task(_load(server)))
+        for rollout in server.rollouts.values():
+            for side in rollout.repositories():
+                if not side.ready():
+                    tasks.append(asyncio.create_task(run_in_threadpool(side.load)))
         if refresh_seconds:
             tasks.append(asyncio.create_task(_follow(server, float(refresh_seconds))))
         try:
@@ -364,6 +559,8 @@ def create_app(
             for task in tasks:
                 task.cancel()
             repository.close()
+            for rollout in server.rollouts.values():
+                rollout.close()
 
     r = server.route
     model = "/v2/models/{name}"
@@ -376,9 +573,21 @@ def create_app(
         Route(version, r("model_metadata", server.model_metadata), methods=["GET"]),
         Route(f"{model}/ready", r("model_ready", server.model_ready), methods=["GET"]),
         Route(f"{version}/ready", r("model_ready", server.model_ready), methods=["GET"]),
-        Route(f"{model}/infer", r("infer", server.infer), methods=["POST"]),
-        Route(f"{version}/infer", r("infer", server.infer), methods=["POST"]),
-        Route("/predict", r("predict", server.predict), methods=["POST"]),
+        Route(f"{model}/infer", r("infer", server.infer, guarded=True), methods=["POST"]),
+        Route(f"{version}/infer", r("infer", server.infer, guarded=True), methods=["POST"]),
+        Route("/predict", r("predict", server.predict, guarded=True), methods=["POST"]),
+        Route("/admin/reload", r("admin", server.reload, guarded=True), methods=["POST"]),
+        Route("/admin/rollouts", r("admin", server.rollouts_page, guarded=True), methods=["GET"]),
+        Route(
+            "/admin/models/{name}/rollout",
+            r("admin", server.set_rollout, guarded=True),
+            methods=["PUT"],
+        ),
+        Route(
+            "/admin/models/{name}/rollout",
+            r("admin", server.clear_rollout, guarded=True),
+            methods=["DELETE"],
+        ),
         Route("/metrics", server.metrics_page, methods=["GET"]),
         Route("/openapi.json", server.openapi, methods=["GET"]),
     ]
@@ -403,14 +612,9 @@ async def _follow(server: _Server, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            switched = await run_in_threadpool(server.repository.refresh)
+            await run_in_threadpool(server.refresh)
         except Exception:  # a failed check is retried at the next tick
             log.exception("cannot check the registry for moved aliases")
-            continue
-        for name, _old, _new in switched:
-            server.metrics.switches.labels(name).inc()
-        if switched:
-            server.publish_models()
 
 
 # -- requests -------------------------------------------------------------------------------
@@ -493,6 +697,32 @@ def _values(tensor: Tensor, datatype: str) -> Any:
     return values
 
 
+def _predict_key(
+    request: Request, rows: list[dict[str, Any]], rollout: Rollout | None, fallback: str
+) -> str:
+    """What places a /predict request in a canary: the rollout's key field, or header."""
+    if rollout is None or rollout.key is None:
+        return fallback
+    value = rows[0].get(rollout.key)
+    if value is None:
+        value = request.headers.get(rollout.key)
+    return fallback if value is None else str(value)
+
+
+def _infer_key(
+    request: Request, parsed: InferRequest, rollout: Rollout | None, fallback: str | None
+) -> str:
+    """The same for an infer request: an input named by the key, or a header."""
+    default = fallback or uuid.uuid4().hex
+    if rollout is None or rollout.key is None:
+        return default
+    for tensor in parsed.inputs:
+        if tensor.name == rollout.key and tensor.data.size:
+            value = tensor.data.reshape(-1)[0]
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return request.headers.get(rollout.key) or default
+
+
 def _rows(body: bytes) -> list[dict[str, Any]]:
     try:
         data = orjson.loads(body)
@@ -531,20 +761,28 @@ def _instant(text: str | None) -> datetime | None:
 # -- answers --------------------------------------------------------------------------------
 
 
-def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+def _json(
+    data: Any,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+    background: BackgroundTask | None = None,
+) -> Response:
     return Response(
         orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
         status_code=status,
         headers=headers,
         media_type=_JSON,
+        background=background,
     )
 
 
 def _status(exc: BaseException) -> int:
     if isinstance(exc, ProtocolError):
         return int(exc.status)
-    if isinstance(exc, ModelNotReadyError):
+    if isinstance(exc, (ModelNotReadyError, ModelFailedError)):
         return 503
+    if isinstance(exc, AuthError):
+        return 401
     if isinstance(exc, (ModelNotFoundError, UnknownEntityError)):
         return 404
     if isinstance(exc, (TrainingError, FeatureError)):
@@ -558,12 +796,20 @@ def _status(exc: BaseException) -> int:
 
 def _error_response(exc: BaseException) -> Response:
     status = _status(exc)
-    if status >= 500 and not isinstance(exc, (ModelNotReadyError, OnlineStoreError)):
+    if status >= 500 and not isinstance(
+        exc, (ModelNotReadyError, ModelFailedError, OnlineStoreError)
+    ):
         log.exception("internal error", exc_info=exc)
         message = f"Internal error ({type(exc).__name__}); the server log has the details."
     else:
         message = str(exc)
-    headers = {"Retry-After": "1"} if status == 503 else None
+    headers = (
+        {"Retry-After": "1"}
+        if status == 503
+        else {"WWW-Authenticate": "Bearer"}
+        if status == 401
+        else None
+    )
     return Response(error_body(message), status_code=status, headers=headers, media_type=_JSON)
 
 

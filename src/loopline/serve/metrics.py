@@ -83,5 +83,30 @@ class ServerMetrics:
             registry=self.registry,
         )
 
+        self.routed = Counter(
+            "loopline_routed_requests",
+            "Requests by the model version that answered and its role: main, canary, fallback.",
+            ("model", "version", "role"),
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "loopline_fallbacks",
+            "Requests a fallback answered because the model failed, by reason.",
+            ("model", "reason"),
+            registry=self.registry,
+        )
+        self.shadow_predictions = Counter(
+            "loopline_shadow_predictions",
+            "Rows a shadow model scored (never returned).",
+            ("model", "version"),
+            registry=self.registry,
+        )
+        self.shadow_errors = Counter(
+            "loopline_shadow_errors",
+            "Shadow predictions that failed, by error kind.",
+            ("model", "kind"),
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from loopline.features.definition import OnDemand, View, definitions_in
 from loopline.registry import Registry
 from loopline.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
 from loopline.serve.repository import ModelRepository, ServedModel, specs_of
+from loopline.serve.rollout import Rollout
 from loopline.store.online import open_online_store
 
 __all__ = ["check_feature_versions", "load_views", "serve"]
@@ -112,6 +113,8 @@ def serve(
     log_level: str = "warning",
     ready_file: Path | None = None,
     allow_unknown: Sequence[str] = (),
+    api_keys: Sequence[str] = (),
+    rollout: Mapping[str, Any] | None = None,
 ) -> None:
     """Serve ``models`` (``NAME``, ``NAME@ALIAS`` or ``NAME@VERSION``) until interrupted.
 
@@ -119,7 +122,9 @@ def serve(
     module), from ``online_url`` (the configured online store by default).
     ``ready_file``, when given, is written once the server listens (for scripts).
     ``allow_unknown`` names the entities ``/predict`` may be asked about although the
-    online store never held them (their features are then missing).
+    online store never held them (their features are then missing). ``api_keys``, when
+    given, guard the prediction and admin routes. ``rollout`` (``Rollout.from_config``
+    settings) applies to the first model.
     """
     import uvicorn
 
@@ -129,6 +134,12 @@ def serve(
     registry = Registry(Workspace(settings.metadata_url, settings.artifact_url))
     repository = ModelRepository(registry, specs_of(models))
     repository.load()
+    rollouts = {}
+    if rollout:
+        first = repository.names[0]
+        rollouts[first] = Rollout.from_config(registry, first, rollout)
+        for side in rollouts[first].repositories():
+            side.load()
     views = load_views(features) if features else None
     if views:
         for model in repository.loaded():
@@ -159,6 +170,8 @@ def serve(
                 refresh_seconds=refresh_seconds,
                 load=False,
                 allow_unknown=allow_unknown,
+                api_keys=api_keys,
+                rollouts=rollouts,
             )
             config = uvicorn.Config(
                 app,
