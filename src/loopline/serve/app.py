@@ -153,7 +153,7 @@ class _Server:
 
     async def body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared is not None and _is_count(declared) and int(declared) > self.max_body_bytes:
             raise _too_large(int(declared), self.max_body_bytes)
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -232,11 +232,12 @@ class _Server:
         request.state.model = (main.name, str(main.version))
         body = await self.body(request)
         header = request.headers.get("inference-header-content-length")
-        if header is not None and not header.strip().isdigit():
+        if header is not None and not _is_count(header):
             raise ProtocolError(
                 f"The Inference-Header-Content-Length header must be a byte count. Got {header!r}."
             )
-        parsed = parse_infer_request(body, header_length=None if header is None else int(header))
+        length = None if header is None else int(header.strip())
+        parsed = parse_infer_request(body, header_length=length)
         rollout = self.rollouts.get(name) if version is None else None
         key = _infer_key(request, parsed, rollout, parsed.id)
 
@@ -695,6 +696,12 @@ def _values(tensor: Tensor, datatype: str) -> Any:
             input=tensor.name,
         )
     return values
+
+
+def _is_count(text: str) -> bool:
+    """A byte count in a header: ASCII digits only (``isdigit`` alone also takes "²")."""
+    text = text.strip()
+    return text.isascii() and text.isdigit()
 
 
 def _predict_key(

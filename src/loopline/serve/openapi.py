@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from loopline import __version__
+from loopline.serve.protocol import DATATYPES
 
 __all__ = ["openapi_document"]
 
@@ -25,6 +26,10 @@ _RETRY = {
 }
 
 
+_DATATYPE = {"type": "string", "enum": list(DATATYPES)}
+_HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
 def _json(ref: str, description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -32,19 +37,32 @@ def _json(ref: str, description: str) -> dict[str, Any]:
     }
 
 
-def _path_params(version: bool) -> list[dict[str, Any]]:
-    params = [
-        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+def _path_params(models: Sequence[str], version: bool) -> list[dict[str, Any]]:
+    # Another name, or a version that is not a registry version number, gets 404.
+    params: list[dict[str, Any]] = [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "description": "A model this server serves.",
+            "schema": {"type": "string", "enum": list(models)},
+        },
     ]
     if version:
         params.append(
-            {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": "version",
+                "in": "path",
+                "required": True,
+                "description": "A version number in the registry, such as 3.",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
         )
     return params
 
 
-def _model_routes(prefix: str, version: bool) -> dict[str, Any]:
-    params = _path_params(version)
+def _model_routes(prefix: str, models: Sequence[str], version: bool) -> dict[str, Any]:
+    params = _path_params(models, version)
     common = {"400": _ERROR, "404": _ERROR, "503": _RETRY}
     return {
         prefix: {
@@ -64,7 +82,16 @@ def _model_routes(prefix: str, version: bool) -> dict[str, Any]:
         f"{prefix}/infer": {
             "post": {
                 "summary": "Inference with named tensors (JSON or the binary tensor extension).",
-                "parameters": params,
+                "parameters": [
+                    *params,
+                    {
+                        "name": _HEADER_LENGTH,
+                        "in": "header",
+                        "description": "With binary tensor data: the length of the JSON header "
+                        "that starts the body.",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -78,7 +105,15 @@ def _model_routes(prefix: str, version: bool) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": {
-                        "description": "The outputs.",
+                        "description": "The outputs; with binary outputs, a JSON header and "
+                        "then their bytes.",
+                        "headers": {
+                            _HEADER_LENGTH: {
+                                "description": "Sent with binary outputs: the length of the "
+                                "JSON header.",
+                                "schema": {"type": "integer", "minimum": 0},
+                            }
+                        },
                         "content": {
                             "application/json": {
                                 "schema": {"$ref": "#/components/schemas/InferResponse"}
@@ -107,9 +142,14 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["error"],
         "properties": {"error": {"type": "string"}},
+        "additionalProperties": False,
     },
-    "Live": {"type": "object", "properties": {"live": {"type": "boolean"}}},
-    "Ready": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
+    "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+    "Ready": {
+        "type": "object",
+        "required": ["ready"],
+        "properties": {"ready": {"type": "boolean"}},
+    },
     "ServerMetadata": {
         "type": "object",
         "required": ["name", "version", "extensions"],
@@ -124,8 +164,12 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["name", "datatype", "shape"],
         "properties": {
             "name": {"type": "string"},
-            "datatype": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer"}},
+            "datatype": _DATATYPE,
+            "shape": {
+                "description": "Sizes; -1 for a size that varies.",
+                "type": "array",
+                "items": {"type": "integer", "minimum": -1},
+            },
         },
     },
     "ModelMetadata": {
@@ -144,6 +188,7 @@ _SCHEMAS: dict[str, Any] = {
     },
     "ModelReady": {
         "type": "object",
+        "required": ["name", "version", "ready"],
         "properties": {
             "name": {"type": "string"},
             "version": {"type": "string"},
@@ -156,7 +201,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "name": {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": {"type": "string"},
+            "datatype": _DATATYPE,
             "parameters": {"type": "object"},
             "data": _TENSOR_DATA,
         },
@@ -184,8 +229,8 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["name", "shape", "datatype"],
         "properties": {
             "name": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer"}},
-            "datatype": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": _DATATYPE,
             "parameters": {"type": "object"},
             "data": _TENSOR_DATA,
         },
@@ -246,8 +291,8 @@ def openapi_document(models: Sequence[str]) -> dict[str, Any]:
                 "responses": {"200": _json("ServerMetadata", "The server's metadata.")},
             }
         },
-        **_model_routes("/v2/models/{name}", version=False),
-        **_model_routes("/v2/models/{name}/versions/{version}", version=True),
+        **_model_routes("/v2/models/{name}", models, version=False),
+        **_model_routes("/v2/models/{name}/versions/{version}", models, version=True),
         "/predict": {
             "post": {
                 "summary": "Predict from entity keys: features come from the online store.",
@@ -287,6 +332,24 @@ def openapi_document(models: Sequence[str]) -> dict[str, Any]:
                     "404": _ERROR,
                     "413": _ERROR,
                     "503": _RETRY,
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document.",
+                "responses": {
+                    "200": {
+                        "description": "The OpenAPI 3.0 description of this server's routes.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["openapi", "info", "paths"],
+                                }
+                            }
+                        },
+                    }
                 },
             }
         },

@@ -314,7 +314,7 @@ class ModelRepository:
 
 def _version_number(name: str, version: str | int) -> int:
     text = str(version).strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # isdigit alone takes "²", int() does not
         raise ModelNotFoundError(
             f"A model version in a URL is a number, such as /v2/models/{name}/versions/3. "
             f"Got {version!r}.",
