@@ -15,7 +15,16 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-MODULES = ("engine", "metadata_write", "ingest", "online_read", "pit_join", "train", "serve")
+MODULES = (
+    "engine",
+    "metadata_write",
+    "ingest",
+    "online_read",
+    "pit_join",
+    "train",
+    "serve",
+    "batch_predict",
+)
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 

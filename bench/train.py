@@ -51,12 +51,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+
+from bench.common import env_int, version
 
 TRAIN_ROWS = 1_000_000
 REPEAT = 5
@@ -87,29 +88,6 @@ POSTGRES_ENVS = ("LOOPLINE_BENCH_POSTGRES_URL", "LOOPLINE_TEST_POSTGRES_URL")
 DEFAULT_POSTGRES_URL = "postgresql://root@127.0.0.1:5432/test"
 BARRIER_TIMEOUT_S = 300
 WORKER_TIMEOUT_S = 3600
-
-
-def _env_int(name: str, default: int) -> int:
-    text = os.environ.get(name, "").replace("_", "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(
-            f"The {name} environment variable of bench.train must be a positive integer such "
-            f"as {default}. Got {os.environ[name]!r}."
-        )
-    return value
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def generate(rows: int, *, seed: int = 2013) -> pl.DataFrame:
@@ -388,10 +366,10 @@ def _search(backend: str, workers: int, threads: int, rows: int, trials: int) ->
 
 
 def run() -> str:
-    rows = _env_int("LOOPLINE_BENCH_TRAIN_ROWS", TRAIN_ROWS)
-    repeat = _env_int("LOOPLINE_BENCH_TRAIN_REPEAT", REPEAT)
-    search_rows = _env_int("LOOPLINE_BENCH_SEARCH_ROWS", SEARCH_ROWS)
-    trials = _env_int("LOOPLINE_BENCH_SEARCH_TRIALS", SEARCH_TRIALS)
+    rows = env_int("LOOPLINE_BENCH_TRAIN_ROWS", TRAIN_ROWS, owner="bench.train")
+    repeat = env_int("LOOPLINE_BENCH_TRAIN_REPEAT", REPEAT, owner="bench.train")
+    search_rows = env_int("LOOPLINE_BENCH_SEARCH_ROWS", SEARCH_ROWS, owner="bench.train")
+    trials = env_int("LOOPLINE_BENCH_SEARCH_TRIALS", SEARCH_TRIALS, owner="bench.train")
 
     timings, difference, _ = _training(rows, repeat)
     direct = next(t for t in timings if t.name == "LightGBM directly")
@@ -420,7 +398,7 @@ def run() -> str:
     where = "PostgreSQL (a fresh schema each)" if note is None else "SQLite (a fresh file each)"
     training_text = (
         f"(a) {rows:,} generated rows (16 float features, 4 string features of 8 to 300 "
-        f"categories, a 0/1 label), LightGBM {_version('lightgbm')} with the same parameters "
+        f"categories, a 0/1 label), LightGBM {version('lightgbm')} with the same parameters "
         f"each way ({MODEL['num_rounds']} rounds, {MODEL['num_leaves']} leaves, "
         f"{MODEL['num_threads']} threads, fixed seed, deterministic), {repeat} runs each, in "
         f'rotating order. "loopline" is `train_bundle`: it fits the preprocessing, encodes '
@@ -432,7 +410,7 @@ def run() -> str:
         f"overhead at most {GOAL_OVERHEAD_PCT:.0f}%; loopline {verdict} it."
     )
     search_text = (
-        f"(b) A TPE search of {trials} trials (Optuna {_version('optuna')}, pruning off) of "
+        f"(b) A TPE search of {trials} trials (Optuna {version('optuna')}, pruning off) of "
         f"`lightgbm_objective` over {search_rows:,} generated training rows and "
         f"{search_rows // 4:,} validation rows (ROC AUC, at most 300 rounds, early stopping "
         f"after 20), the study in {where}. Wall time runs from the workers' release to the "

@@ -699,6 +699,17 @@ def serve(
         ),
     ] = None,
     timeout_ms: Annotated[float | None, typer.Option(min=0.001)] = None,
+    prediction_log: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Where every prediction is logged as Parquet (default: "
+            "<artifact_url>/predictions).",
+        ),
+    ] = None,
+    no_prediction_log: Annotated[
+        bool, typer.Option("--no-prediction-log", help="Log no predictions.")
+    ] = False,
 ) -> None:
     """Serve models over the Open Inference Protocol v2 (REST) and POST /predict."""
     from loopline.serve.server import serve as run_server
@@ -721,6 +732,7 @@ def serve(
         refresh_seconds=poll or None,
         ready_file=ready_file,
         allow_unknown=allow_unknown or (),
+        prediction_log=None if no_prediction_log else (prediction_log or ""),
         api_keys=[k for item in api_key or () for k in item.split()],
         rollout={
             key: value
@@ -734,6 +746,88 @@ def serve(
             }.items()
             if value is not None
         },
+    )
+
+
+@app.command()
+def predict(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="NAME[@ALIAS]",
+            help="The model: NAME (its champion), NAME@ALIAS or NAME@VERSION.",
+        ),
+    ],
+    input: Annotated[
+        str, typer.Option("--input", "-i", help="Parquet or CSV: a file, a folder or a glob.")
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="A folder of Parquet parts, or one .parquet or .csv file."
+        ),
+    ],
+    features: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DEFINITIONS",
+            help="Feature definitions to read from the online store, as /predict does.",
+        ),
+    ] = None,
+    online_url: Annotated[str | None, typer.Option(help="The online store.")] = None,
+    at: Annotated[
+        str | None, typer.Option(help="The time features are read as of (ISO 8601; now).")
+    ] = None,
+    batch_rows: Annotated[int, typer.Option(min=1, help="Rows scored at once.")] = 200_000,
+    output_column: Annotated[str, typer.Option(help="The prediction's column.")] = "prediction",
+    keep: Annotated[
+        list[str] | None,
+        typer.Option(metavar="COLUMN", help="An input column to keep (default: all). Repeat."),
+    ] = None,
+    only_prediction: Annotated[
+        bool, typer.Option("--only-prediction", help="Write the prediction column alone.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+) -> None:
+    """Score a file or folder of rows in batches, through the same feature path as serving."""
+    from loopline.serve.batch import predict_batch
+    from loopline.serve.repository import ModelSpec, ServedModel
+    from loopline.serve.server import check_feature_versions, load_views
+    from loopline.store.online import open_online_store
+
+    spec = ModelSpec.parse(model)
+    with _registry() as registry:
+        record = registry.get(spec.name, spec.version if spec.version is not None else spec.alias)
+        bundle = registry.load_bundle(spec.name, record.version)
+        settings = Settings.load()
+    views = store = None
+    if features:
+        views = load_views(features)
+        served = ServedModel(spec.name, record.version, bundle, tuple(record.features))
+        check_feature_versions(served, views)
+        url = online_url or settings.online_url or f"sqlite:///{settings.home / 'online.db'}"
+        store = open_online_store(url)
+    try:
+        result = predict_batch(
+            bundle,
+            input,
+            output,
+            batch_rows=batch_rows,
+            views=views,
+            online_store=store,
+            at=None if at is None else _instant(at, "--at"),
+            output_column=output_column,
+            keep_columns=[] if only_prediction else keep,
+            overwrite=overwrite,
+        )
+    finally:
+        if store is not None:
+            store.close()
+    out.print(
+        f"Scored {result.rows:,} rows with {record.ref} in {result.seconds:.2f} s "
+        f"({result.rows_per_second:,.0f} rows/s); wrote {result.output}."
     )
 
 

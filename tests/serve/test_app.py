@@ -20,31 +20,25 @@ import numpy as np
 import orjson
 import polars as pl
 import pytest
+from city_weather import FEATURES, T0, city_rows, city_weather
 from starlette.testclient import TestClient
 
 from loopline.data.workspace import Workspace
 from loopline.errors import ServingError
-from loopline.features import Entity, FeatureView, OnDemand
+from loopline.features import Entity, FeatureView
 from loopline.features.materialize import materialize, online_features
 from loopline.registry import Registry
 from loopline.serve.app import create_app
+from loopline.serve.predlog import PredictionLog, read_predictions
 from loopline.serve.repository import ModelRepository, ModelSpec
 from loopline.serve.rollout import Rollout, bucket
 from loopline.serve.server import check_feature_versions
 from loopline.store.online import open_online_store
 from loopline.train import LightGBMModel, ModelBundle, train_bundle
 
-FEATURES = ["city", "temp", "hour"]
-CITIES = ["Oslo", "Bergen", "Paris", "Rome"]
-
 
 def _rows(n: int = 400, seed: int = 1) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    city = rng.choice(CITIES, n)
-    temp = rng.normal(10, 8, n)
-    hour = rng.integers(0, 24, n)
-    late = (temp < 5) ^ (city == "Paris") ^ (rng.random(n) < 0.1)
-    return pl.DataFrame({"city": city, "temp": temp, "hour": hour, "late": late})
+    return city_rows(n, seed)
 
 
 def _bundle(rounds: int) -> ModelBundle:
@@ -346,26 +340,8 @@ def test_predict_parameters_are_checked(client: TestClient) -> None:
 
 def test_served_features_are_the_training_features(tmp_path: Path, registry: Registry) -> None:
     """/predict with entity keys only: the online store gives what a training set gives."""
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    readings = pl.DataFrame(
-        {
-            "city": ["Oslo", "Oslo", "Paris", "Rome"],
-            "at": [t0, t0.replace(hour=5), t0.replace(hour=3), t0.replace(hour=1)],
-            "temp": [-3.0, -1.0, 12.0, 15.5],
-        }
-    )
-    weather = FeatureView(
-        "weather",
-        entity=Entity("city", keys=["city"]),
-        source=readings,
-        timestamp="at",
-        features=["temp"],
-    )
-    clock = OnDemand(
-        "clock", features={"hour": pl.col("hour_of_request")}, inputs=["hour_of_request"]
-    )
-    store = open_online_store(f"sqlite:///{tmp_path}/online.db")
-    materialize([weather], end=t0.replace(hour=6), store=store)
+    weather, clock, store = city_weather(tmp_path)
+    t0 = T0
     model = registry.load_bundle("weather-late", 1)
     repository = ModelRepository(registry, [ModelSpec("weather-late")])
     app = create_app(
@@ -701,3 +677,30 @@ def test_rollout_settings_are_checked() -> None:
         Rollout(fallback="yesterday")
     with pytest.raises(ServingError, match="positive number of milliseconds"):
         Rollout(timeout_ms=0)
+
+
+def test_every_prediction_is_logged_off_the_request_path(
+    tmp_path: Path, registry: Registry
+) -> None:
+    repository = ModelRepository(registry, ["weather-late"])
+    repository.load()
+    log = PredictionLog(tmp_path / "predictions", flush_seconds=0.05)
+    app = create_app(repository, refresh_seconds=None, load=False, prediction_log=log)
+    with TestClient(app) as client:
+        one = client.post("/predict", json=_row("Oslo"), headers={"X-Request-ID": "req-1"})
+        two = client.post("/predict", json=[_row("Rome"), _row("Paris")])
+        infer = client.post("/v2/models/weather-late/infer", json=_infer_body(_rows(3)))
+        metrics = client.get("/metrics").text
+    # Leaving the app closed the log after a last flush.
+    logged = read_predictions(tmp_path / "predictions")
+
+    assert logged.height == 6
+    assert set(logged["request_id"]) == {"req-1", two.json()["request_id"], "r-1"}
+    oslo = logged.filter(pl.col("request_id") == "req-1")
+    assert oslo["output"].to_list() == one.json()["predictions"]
+    assert (oslo["city"].to_list(), oslo["version"].to_list()) == (["Oslo"], [1])
+    assert (
+        logged.filter(pl.col("request_id") == "r-1")["output"].to_list()
+        == (infer.json()["outputs"][0]["data"])
+    )
+    assert "loopline_prediction_log_rows_total" in metrics

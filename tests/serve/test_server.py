@@ -114,3 +114,63 @@ def test_serve_without_a_champion_says_what_to_do(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "No model to serve" in done.stderr
+
+
+def test_loopline_predict_scores_a_file(home: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    rows = pl.DataFrame({"x": rng.normal(size=500), "city": rng.choice(["a", "b", "c"], 500)})
+    rows.write_parquet(tmp_path / "rows.parquet")
+    out = tmp_path / "scored.parquet"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loopline",
+            "predict",
+            "-m",
+            "toy",
+            "-i",
+            str(tmp_path / "rows.parquet"),
+            "-o",
+            str(out),
+            "--batch-rows",
+            "64",
+        ],
+        cwd=tmp_path,
+        env=_environment(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loopline",
+            "predict",
+            "-m",
+            "toy@9",
+            "-i",
+            str(tmp_path / "rows.parquet"),
+            "-o",
+            str(tmp_path / "never.parquet"),
+        ],
+        cwd=tmp_path,
+        env=_environment(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "Scored 500 rows with toy@1" in done.stdout
+    settings = Settings.load(start=tmp_path, search=False, env={"LOOPLINE_HOME": str(home)})
+    bundle = Registry(Workspace(settings.metadata_url, settings.artifact_url)).load_bundle("toy@1")
+    scored = pl.read_parquet(out)
+    assert scored.columns == ["x", "city", "prediction"]
+    np.testing.assert_array_equal(scored["prediction"].to_numpy(), bundle.predict(rows))
+    assert again.returncode == 2
+    assert "has no version 9" in again.stderr
+    assert not (tmp_path / "never.parquet").exists()

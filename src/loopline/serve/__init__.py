@@ -1,6 +1,14 @@
 """Serving: the Open Inference Protocol v2 codec, the ASGI app, its models and server."""
 
 from loopline.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
+from loopline.serve.batch import BatchResult, predict_batch
+from loopline.serve.predlog import (
+    ParquetSink,
+    PredictionLog,
+    PredictionLogCollector,
+    PredictionSink,
+    read_predictions,
+)
 from loopline.serve.protocol import (
     BINARY_CONTENT_TYPE,
     DATATYPES,
@@ -19,6 +27,7 @@ from loopline.serve.protocol import (
     parse_infer_request,
 )
 from loopline.serve.repository import ModelRepository, ModelSpec, ServedModel
+from loopline.serve.rollout import Rollout
 from loopline.serve.server import serve
 
 __all__ = [
@@ -28,10 +37,16 @@ __all__ = [
     "EXTENSIONS",
     "HEADER_LENGTH",
     "JSON_CONTENT_TYPE",
+    "BatchResult",
     "InferRequest",
     "ModelRepository",
     "ModelSpec",
+    "ParquetSink",
+    "PredictionLog",
+    "PredictionLogCollector",
+    "PredictionSink",
     "RequestedOutput",
+    "Rollout",
     "ServedModel",
     "Tensor",
     "TensorSpec",
@@ -42,5 +57,7 @@ __all__ = [
     "metadata_model",
     "metadata_server",
     "parse_infer_request",
+    "predict_batch",
+    "read_predictions",
     "serve",
 ]

@@ -57,6 +57,7 @@ from loopline.errors import (
 from loopline.features.definition import OnDemand, View
 from loopline.serve.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from loopline.serve.openapi import openapi_document
+from loopline.serve.predlog import PredictionLog, PredictionLogCollector
 from loopline.serve.protocol import (
     InferRequest,
     Tensor,
@@ -98,8 +99,10 @@ class _Server:
         allow_unknown: Collection[str] = (),
         api_keys: Collection[str] = (),
         rollouts: Mapping[str, Rollout] | None = None,
+        prediction_log: PredictionLog | None = None,
     ) -> None:
         self.repository = repository
+        self.prediction_log = prediction_log
         self.allow_unknown = frozenset(allow_unknown)
         self.api_keys = tuple(k.encode() for k in api_keys if k)
         self.rollouts: dict[str, Rollout] = dict(rollouts or {})
@@ -239,12 +242,13 @@ class _Server:
         length = None if header is None else int(header.strip())
         parsed = parse_infer_request(body, header_length=length)
         rollout = self.rollouts.get(name) if version is None else None
-        key = _infer_key(request, parsed, rollout, parsed.id)
+        request_id = parsed.id or uuid.uuid4().hex
+        key = _infer_key(request, parsed, rollout, request_id)
 
         def columns_for(model: ServedModel) -> tuple[Mapping[str, Any], int]:
             return _columns(model, parsed)
 
-        model, predictions, role = await self._answer(main, rollout, key, columns_for)
+        model, predictions, role = await self._answer(main, rollout, key, columns_for, request_id)
         rows = len(predictions)
         output = Tensor(model.output, "FP64", (rows,), predictions)
         content, headers = encode_infer_response(
@@ -275,7 +279,7 @@ class _Server:
             features = model.bundle.features
             return {n: frame[n] for n in features if n in frame}, len(rows)
 
-        model, predictions, role = await self._answer(main, rollout, key, columns_for)
+        model, predictions, role = await self._answer(main, rollout, key, columns_for, request_id)
         answer: dict[str, Any] = {
             "request_id": request_id,
             "model": model.name,
@@ -292,6 +296,7 @@ class _Server:
         rollout: Rollout | None,
         key: str,
         columns_for: Callable[[ServedModel], tuple[Mapping[str, Any], int]],
+        request_id: str,
     ) -> tuple[ServedModel, np.ndarray, str]:
         """Predict with the canary or the main model; on a model failure, the fallback.
 
@@ -315,7 +320,17 @@ class _Server:
             )
             model, predictions = self._fallback(main, rollout, columns_for, rows, exc)
             role = "fallback"
+            if model is not (chosen or main):  # the previous version: its own columns
+                columns = columns_for(model)[0]
         self.predicted(model, rows)
+        if self.prediction_log is not None:  # a queue append: never blocks, never raises
+            self.prediction_log.log(
+                request_id=request_id,
+                model=model.name,
+                version=model.version,
+                features=columns,
+                outputs=predictions,
+            )
         self.metrics.routed.labels(model.name, str(model.version), role).inc()
         return model, predictions, role
 
@@ -500,6 +515,7 @@ def create_app(
     allow_unknown: Collection[str] = (),
     api_keys: Collection[str] = (),
     rollouts: Mapping[str, Rollout] | None = None,
+    prediction_log: PredictionLog | None = None,
 ) -> Starlette:
     """The serving app over ``repository`` (see the module docstring).
 
@@ -528,6 +544,10 @@ def create_app(
     rollouts
         Served model name -> its ``Rollout`` (shadow, canary, fallback); also set at
         run time with ``PUT /admin/models/{name}/rollout``.
+    prediction_log
+        Where every prediction (request id, time, model version, features, output) is
+        written, off the request's path (``loopline.serve.predlog``); closed, after a
+        last flush, when the app stops. Its counters are in ``/metrics``.
     """
     server = _Server(
         repository,
@@ -537,7 +557,10 @@ def create_app(
         allow_unknown=allow_unknown,
         api_keys=api_keys,
         rollouts=rollouts,
+        prediction_log=prediction_log,
     )
+    if prediction_log is not None:
+        server.metrics.registry.register(PredictionLogCollector(prediction_log))
     if views and online_store is None:
         from loopline.features.materialize import online_store as configured
 
@@ -562,6 +585,8 @@ def create_app(
             repository.close()
             for rollout in server.rollouts.values():
                 rollout.close()
+            if prediction_log is not None:
+                await run_in_threadpool(prediction_log.close)
 
     r = server.route
     model = "/v2/models/{name}"

@@ -31,6 +31,7 @@ from loopline.errors import ServingError
 from loopline.features.definition import OnDemand, View, definitions_in
 from loopline.registry import Registry
 from loopline.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
+from loopline.serve.predlog import PredictionLog
 from loopline.serve.repository import ModelRepository, ServedModel, specs_of
 from loopline.serve.rollout import Rollout
 from loopline.store.online import open_online_store
@@ -115,6 +116,7 @@ def serve(
     allow_unknown: Sequence[str] = (),
     api_keys: Sequence[str] = (),
     rollout: Mapping[str, Any] | None = None,
+    prediction_log: str | None = "",
 ) -> None:
     """Serve ``models`` (``NAME``, ``NAME@ALIAS`` or ``NAME@VERSION``) until interrupted.
 
@@ -124,7 +126,8 @@ def serve(
     ``allow_unknown`` names the entities ``/predict`` may be asked about although the
     online store never held them (their features are then missing). ``api_keys``, when
     given, guard the prediction and admin routes. ``rollout`` (``Rollout.from_config``
-    settings) applies to the first model.
+    settings) applies to the first model. ``prediction_log`` is where predictions are
+    logged: ``""`` for ``<artifact_url>/predictions``, None for nowhere.
     """
     import uvicorn
 
@@ -161,7 +164,15 @@ def serve(
         if ready_file is not None:
             ready_file.write_text(f"{where}\n")
 
+        log_url = (
+            f"{settings.artifact_url.rstrip('/')}/predictions"
+            if prediction_log == ""
+            else prediction_log
+        )
+
         def run() -> None:
+            # Made here, after the fork: each worker has its own writer thread.
+            predictions = None if log_url is None else PredictionLog(log_url)
             app = create_app(
                 repository,
                 views=views,
@@ -172,6 +183,7 @@ def serve(
                 allow_unknown=allow_unknown,
                 api_keys=api_keys,
                 rollouts=rollouts,
+                prediction_log=predictions,
             )
             config = uvicorn.Config(
                 app,

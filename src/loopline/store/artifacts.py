@@ -262,15 +262,21 @@ class _HashingWriter(io.RawIOBase):
         return len(view)
 
 
+def filesystem(url: str) -> tuple[Any, str, bool, str]:
+    """The fsspec filesystem of ``url``, the path in it, whether it is local, and the
+    ``protocol://`` prefix that turns a path back into a URL (empty when local)."""
+    fs, root = fsspec.core.url_to_fs(url)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    local = protocol in ("file", "local")
+    return fs, root, local, "" if local else f"{protocol}://"
+
+
 class ArtifactStore:
     """Content-addressed blobs under ``<root>/objects/<h[:2]>/<h>`` on any fsspec filesystem."""
 
     def __init__(self, url: str | os.PathLike[str]) -> None:
         self.url = os.fspath(url)
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.local = protocol in ("file", "local")
-        self._prefix = "" if self.local else f"{protocol}://"
+        self.fs, self.root, self.local, self._prefix = filesystem(self.url)
         if self.local:
             Path(self.root, "tmp").mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,35 @@
+"""What the benchmark modules share: package versions and scaled-down sizes from the
+environment."""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+
+__all__ = ["env_int", "version"]
+
+
+def version(package: str) -> str:
+    """The installed version of ``package``, or ``not installed``."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def env_int(name: str, default: int, *, owner: str) -> int:
+    """A positive integer from the environment variable ``name`` (``1_000`` allowed), or
+    ``default`` when it is unset; ``owner`` names the benchmark in the error."""
+    text = os.environ.get(name, "").replace("_", "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(
+            f"The {name} environment variable of {owner} must be a positive integer such as "
+            f"{default}. Got {os.environ[name]!r}."
+        )
+    return value
