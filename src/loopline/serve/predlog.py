@@ -99,6 +99,9 @@ COLUMNS = ("request_id", "time", "model", "version", "output")
 _RESERVED = frozenset({*COLUMNS, "date"})  # ``date`` is a partition column
 _DROP_WARNING_SECONDS = 60.0
 
+_POLL_SECONDS = 0.25
+"""The writer looks at the queue at least this often (more often when woken)."""
+
 _Record: TypeAlias = tuple[
     str, str, int, Mapping[str, Sequence[Any]], "Sequence[float] | np.ndarray[Any, Any]", float
 ]
@@ -248,6 +251,12 @@ class PredictionLog:
         self._closed = False
         self._warned_drops = 0
         self._warned_at = -_DROP_WARNING_SECONDS
+        # The writer sleeps until woken or until its poll comes round, then drains the
+        # queue in one go: a writer woken by every record would take the GIL from the
+        # request threads once per request.
+        self._wake = threading.Event()
+        self._wake_at = max(1, min(1024, max_queue // 4))
+        self._poll = min(self.flush_seconds, _POLL_SECONDS)
         self._thread = threading.Thread(target=self._run, name="loopline-predlog", daemon=True)
         self._thread.start()
 
@@ -301,6 +310,8 @@ class PredictionLog:
                 return
             when = time.time() if at is None else at
             self._queue.put_nowait((request_id, model, version, features, outputs, when))
+            if self._queue.qsize() >= self._wake_at:
+                self._wake.set()
         except queue.Full:
             self._drop(rows)
         except Exception:  # a request is never failed by its logging
@@ -322,6 +333,7 @@ class PredictionLog:
             self._queue.put(marker, timeout=timeout)
         except queue.Full:
             return False
+        self._wake.set()
         return marker.done.wait(timeout)
 
     def close(self) -> None:
@@ -333,6 +345,7 @@ class PredictionLog:
         if self._thread.is_alive():
             marker = _Marker(stop=True)
             self._queue.put(marker)
+            self._wake.set()
             self._thread.join()
         # A record queued while closing, after the stop marker, is dropped and counted.
         while True:
@@ -350,29 +363,32 @@ class PredictionLog:
     def _run(self) -> None:
         pending: list[_Record] = []
         rows = 0
-        deadline: float | None = None
+        oldest: float | None = None  # when the oldest pending record arrived
         while True:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
+            self._wake.wait(self._poll)
+            self._wake.clear()
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Marker):
+                    self._write(pending)
+                    pending, rows, oldest = [], 0, None
+                    item.done.set()
+                    if item.stop:
+                        return
+                    continue
+                pending.append(item)
+                rows += _rows_of(item)
+                if oldest is None:
+                    oldest = time.monotonic()
+                if rows >= self.flush_rows:
+                    self._write(pending)
+                    pending, rows, oldest = [], 0, None
+            if oldest is not None and time.monotonic() - oldest >= self.flush_seconds:
                 self._write(pending)
-                pending, rows, deadline = [], 0, None
-                continue
-            if isinstance(item, _Marker):
-                self._write(pending)
-                pending, rows, deadline = [], 0, None
-                item.done.set()
-                if item.stop:
-                    return
-                continue
-            pending.append(item)
-            rows += _rows_of(item)
-            if deadline is None:
-                deadline = time.monotonic() + self.flush_seconds
-            if rows >= self.flush_rows:
-                self._write(pending)
-                pending, rows, deadline = [], 0, None
+                pending, rows, oldest = [], 0, None
 
     def _write(self, records: list[_Record]) -> None:
         """Write ``records`` as one part per (model, date, feature columns); never raises."""

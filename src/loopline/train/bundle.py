@@ -406,6 +406,11 @@ class Preprocessor:
         (per-column numpy calls cost more than the values for a row or two)."""
         missing = self.missing_codes_
         fills = self.fill_values_
+        if rows == 1:  # a served request: one value per feature, no per-column lists
+            row = self._transform_one(columns, missing, fills)
+            if row is not None:
+                return np.array([row], dtype=np.float64)
+            return self._transform_frame(columns)
         matrix: list[list[float]] = []
         for name in self.features:
             values = columns[name]
@@ -429,6 +434,30 @@ class Preprocessor:
         if rows == 0:
             return np.empty((0, len(self.features)), dtype=np.float64)
         return np.array(matrix, dtype=np.float64).T.copy()
+
+    def _transform_one(
+        self,
+        columns: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
+        missing: Mapping[str, float],
+        fills: Mapping[str, float],
+    ) -> list[float] | None:
+        """The one row's values, or None when one needs ``transform`` to be read."""
+        codes = self._codes
+        row: list[float] = []
+        for name in self.features:
+            value = columns[name][0]
+            if value is None:
+                row.append(missing[name] if name in codes else fills.get(name, math.nan))
+            elif name in codes:
+                if not isinstance(value, str):
+                    return None
+                row.append(codes[name].get(value, missing[name]))
+            elif isinstance(value, _NUMBER):
+                number = float(value)
+                row.append(fills.get(name, math.nan) if number != number else number)
+            else:
+                return None
+        return row
 
     def _transform_frame(
         self, columns: Mapping[str, Sequence[Any] | npt.NDArray[Any]]
