@@ -348,15 +348,19 @@ class PredictionLog:
             self._wake.set()
             self._thread.join()
         # A record queued while closing, after the stop marker, is dropped and counted.
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
+        for item in self._drained():
             if isinstance(item, _Marker):
                 item.done.set()
             else:
                 self._drop(_rows_of(item))
+
+    def _drained(self) -> Iterator[_Record | _Marker]:
+        """What is in the queue now, taken one by one without waiting."""
+        while True:
+            try:
+                yield self._queue.get_nowait()
+            except queue.Empty:
+                return
 
     # -- the writer thread ----------------------------------------------------------------
 
@@ -367,11 +371,7 @@ class PredictionLog:
         while True:
             self._wake.wait(self._poll)
             self._wake.clear()
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            for item in self._drained():
                 if isinstance(item, _Marker):
                     self._write(pending)
                     pending, rows, oldest = [], 0, None
