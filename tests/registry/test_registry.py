@@ -477,3 +477,10 @@ def test_alias_history_is_a_stack(registry: Registry, moves: list[int | str]) ->
     entries = [e for e in registry.audit(name) if e.action != "register"]
     for before, after in itertools.pairwise(entries):
         assert after.from_version == before.to_version
+
+
+def test_a_version_number_beyond_any_database_integer_is_not_found(registry: Registry) -> None:
+    _register(registry, "flights", "a")
+    for version in (0, 2**64, 10**30):
+        with pytest.raises(ModelNotFoundError, match="has no version"):
+            registry.get("flights", version)

@@ -212,6 +212,7 @@ def test_transport_errors_are_json_too(client: TestClient) -> None:
         client.post("/v2/models/nope/infer", json=_infer_body(_rows(1))),
         client.post("/v2/models/weather-late/versions/99/infer", json=_infer_body(_rows(1))),
         client.post("/v2/models/weather-late/versions/x/infer", json=_infer_body(_rows(1))),
+        client.get("/v2/models/weather-late/versions/99999999999999999999999"),
         client.post("/v2/models/weather-late/infer", content=b"{" + b" " * 70_000 + b"}"),
         client.get("/v2/nowhere"),
         client.delete("/v2/models/weather-late"),
@@ -221,7 +222,7 @@ def test_transport_errors_are_json_too(client: TestClient) -> None:
             headers={"Inference-Header-Content-Length": "abc"},
         ),
     ]
-    assert [c.status_code for c in cases] == [400, 400, 404, 404, 404, 413, 404, 405, 400]
+    assert [c.status_code for c in cases] == [400, 400, 404, 404, 404, 404, 413, 404, 405, 400]
     assert all(set(c.json()) == {"error"} for c in cases)
     assert "serves: weather-late" in cases[2].json()["error"]
 

@@ -270,7 +270,12 @@ class Registry:
                 )
             which = model.aliases[which]
         number = model.latest if which == LATEST else which
-        found = None if number is None else store.model_version(name, int(number))
+        # A number no version can have (the database's integers are 64-bit) is not found.
+        found = (
+            store.model_version(name, int(number))
+            if number is not None and 0 < int(number) < 2**62
+            else None
+        )
         if found is None:
             span = f"versions 1 to {model.latest}" if model.latest else "no versions yet"
             raise ModelNotFoundError(
