@@ -111,7 +111,7 @@ class _Server:
         self.max_body_bytes = int(max_body_bytes)
         self.metrics = ServerMetrics()
         self.default = repository.names[0]
-        self._counters: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._counters: dict[tuple[str, int, str], tuple[Any, Any, Any]] = {}
         self._published: set[tuple[str, str, str]] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -166,16 +166,20 @@ class _Server:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def predicted(self, model: ServedModel, rows: int) -> None:
-        key = (model.name, model.version)
+    def predicted(self, model: ServedModel, rows: int, role: str) -> None:
+        """Count a model call: its rows, its batch size and the role it answered in."""
+        key = (model.name, model.version, role)
         counters = self._counters.get(key)
-        if counters is None:
+        if counters is None:  # labelled children, looked up once per key
+            version = str(model.version)
             counters = self._counters[key] = (
-                self.metrics.predictions.labels(model.name, str(model.version)),
+                self.metrics.predictions.labels(model.name, version),
                 self.metrics.batch_size.labels(model.name),
+                self.metrics.routed.labels(model.name, version, role),
             )
         counters[0].inc(rows)
         counters[1].observe(rows)
+        counters[2].inc()
 
     def publish_models(self) -> None:
         """Set ``loopline_model_loaded``: 1 for each loaded version, 0 for those gone."""
@@ -322,7 +326,7 @@ class _Server:
             role = "fallback"
             if model is not (chosen or main):  # the previous version: its own columns
                 columns = columns_for(model)[0]
-        self.predicted(model, rows)
+        self.predicted(model, rows, role)
         if self.prediction_log is not None:  # a queue append: never blocks, never raises
             self.prediction_log.log(
                 request_id=request_id,
@@ -331,7 +335,6 @@ class _Server:
                 features=columns,
                 outputs=predictions,
             )
-        self.metrics.routed.labels(model.name, str(model.version), role).inc()
         return model, predictions, role
 
     async def _call(

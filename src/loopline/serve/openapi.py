@@ -137,6 +137,19 @@ _TENSOR_DATA = {
     "items": {},
 }
 
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": _DATATYPE,
+        "parameters": {"type": "object"},
+        "data": _TENSOR_DATA,
+    },
+}
+"""A tensor in a request's inputs or a response's outputs (the same shape both ways)."""
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -195,17 +208,7 @@ _SCHEMAS: dict[str, Any] = {
             "ready": {"type": "boolean"},
         },
     },
-    "RequestInput": {
-        "type": "object",
-        "required": ["name", "shape", "datatype"],
-        "properties": {
-            "name": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": _DATATYPE,
-            "parameters": {"type": "object"},
-            "data": _TENSOR_DATA,
-        },
-    },
+    "RequestInput": _TENSOR,
     "RequestOutput": {
         "type": "object",
         "required": ["name"],
@@ -224,17 +227,7 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "ResponseOutput": {
-        "type": "object",
-        "required": ["name", "shape", "datatype"],
-        "properties": {
-            "name": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": _DATATYPE,
-            "parameters": {"type": "object"},
-            "data": _TENSOR_DATA,
-        },
-    },
+    "ResponseOutput": _TENSOR,
     "InferResponse": {
         "type": "object",
         "required": ["model_name", "outputs"],
