@@ -710,6 +710,40 @@ def serve(
     no_prediction_log: Annotated[
         bool, typer.Option("--no-prediction-log", help="Log no predictions.")
     ] = False,
+    cache_size: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Requests whose features were seen before are answered from an in-process "
+            "cache of this many entries (0: no cache).",
+        ),
+    ] = 10_000,
+    cache_url: Annotated[
+        str | None,
+        typer.Option(
+            metavar="REDIS_URL",
+            help="Share the prediction cache in Redis (redis://host:6379/0) instead.",
+        ),
+    ] = None,
+    cache_ttl: Annotated[
+        float, typer.Option(min=0.001, help="Seconds an entry lives in the Redis cache.")
+    ] = 3600.0,
+    batch_max: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Micro-batch concurrent requests into model calls of up to this many rows "
+            "(1: no batching).",
+        ),
+    ] = 1,
+    batch_wait_ms: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1000.0,
+            help="How long a micro-batch waits for more requests (0: only those already received).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve models over the Open Inference Protocol v2 (REST) and POST /predict."""
     from loopline.serve.server import serve as run_server
@@ -733,6 +767,11 @@ def serve(
         ready_file=ready_file,
         allow_unknown=allow_unknown or (),
         prediction_log=None if no_prediction_log else (prediction_log or ""),
+        cache_size=cache_size,
+        cache_url=cache_url,
+        cache_ttl=cache_ttl,
+        batch_max=batch_max,
+        batch_wait_ms=batch_wait_ms,
         api_keys=[k for item in api_key or () for k in item.split()],
         rollout={
             key: value

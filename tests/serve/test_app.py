@@ -589,6 +589,7 @@ def test_a_failing_model_falls_back(
         current = repository.get("weather-late")
         assert repository.previous("weather-late") is not None
         monkeypatch.setattr(current.bundle.model, "predict_encoded", broken)
+        monkeypatch.setattr(current.bundle.model, "predict_row", broken)  # one row's call
         outcomes = {}
         for fallback in ("previous", 0.25, None):
             rollouts = {"weather-late": Rollout(fallback=fallback)}

@@ -14,15 +14,18 @@ contiguous intervals therefore keeps the store exact. Writes are idempotent upse
 the newest event wins, so running an interval twice changes nothing.
 
 ``online_features(views, entities)`` reads the same values back for serving (and the
-on-demand features computed from the request), with TTL enforced on read.
+on-demand features computed from the request), with TTL enforced on read;
+``online_feature_columns(views, rows)`` gives the same as plain columns, without building
+a Polars frame for a request of a few plain rows (the server's one-row request).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
@@ -48,11 +51,18 @@ __all__ = [
     "Materialized",
     "freshness",
     "materialize",
+    "online_feature_columns",
     "online_features",
     "online_store",
 ]
 
 _ONE_US = timedelta(microseconds=1)
+_FEW_ROWS = 64
+"""Requests of up to this many rows are answered in plain columns by
+``online_feature_columns``: well within the 100 rows Polars infers a frame's types from."""
+_INT64 = range(-(2**63), 2**63)
+_POLARS_UTC = ZoneInfo("UTC")
+"""The time zone Polars gives back a UTC datetime with."""
 
 
 @dataclass(frozen=True)
@@ -280,38 +290,195 @@ def online_features(
         The request columns, then the features, in request order.
     """
     frame = entities if isinstance(entities, pl.DataFrame) else pl.DataFrame(list(entities))
-    check_views(views, reserved=frame.columns)
-    check_keys(frame, views, what="The request")
+
+    def join(computed: pl.DataFrame | None, read: dict[str, list[Any]]) -> pl.DataFrame:
+        return _joined(frame if computed is None else computed, read)
+
+    computed, read = _serve(
+        views,
+        frame.columns,
+        lambda name: frame.get_column(name).to_list(),
+        join,
+        at=at,
+        store=store,
+    )
+    return join(computed, read)
+
+
+def online_feature_columns(
+    views: Sequence[View | OnDemand],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    at: datetime | None = None,
+    store: OnlineStore | None = None,
+) -> dict[str, list[Any]]:
+    """``online_features(views, rows, ...).to_dict(as_series=False)``, fast for a few rows.
+
+    The same columns, values, Python types and errors; but a request of a few rows of
+    plain values (None, bool, int, float, str) is answered without a Polars frame, which
+    costs more than the store's reads: this is the server's one-row request. A frame is
+    built only for an ``OnDemand`` group (its features are Polars expressions), and for
+    whatever Polars would convert (mixed types, nested values, many rows).
+
+    Parameters
+    ----------
+    views, at, store
+        As for ``online_features``.
+    rows
+        One dict per request row: the entity keys of every view and the on-demand inputs.
+
+    Returns
+    -------
+    dict
+        Column name → values: the request columns, then the features, in request order.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from loopline.features import Entity, FeatureView
+    >>> temps = pl.DataFrame({"origin": ["JFK"], "at": [datetime(2013, 1, 1, 5, tzinfo=UTC)],
+    ...                       "temp": [39.0]})
+    >>> view = FeatureView("weather", entity=Entity("origin", keys=["origin"]), source=temps,
+    ...                    timestamp="at", ttl="3h", features=["temp"])
+    >>> store = open_online_store("sqlite://")
+    >>> store.write("weather", temps.to_arrow(), keys=["origin"], timestamp="at")
+    1
+    >>> online_feature_columns([view], [{"origin": "JFK"}, {"origin": "LGA"}],
+    ...                        at=datetime(2013, 1, 1, 6), store=store)
+    {'origin': ['JFK', 'LGA'], 'temp': [39.0, None]}
+    >>> store.close()
+    """
+    rows = list(rows)
+    request = _request_columns(rows)
+    if request is None:
+        return online_features(views, rows, at=at, store=store).to_dict(as_series=False)
+
+    def join(computed: pl.DataFrame | None, read: dict[str, list[Any]]) -> pl.DataFrame:
+        features = _plain_columns(read)
+        if features is None:
+            return _joined(pl.DataFrame(rows) if computed is None else computed, read)
+        if computed is None:
+            return _frame(request | features)
+        return computed.hstack(_frame(features).get_columns()) if features else computed
+
+    computed, read = _serve(views, list(request), request.__getitem__, join, at=at, store=store)
+    features = _plain_columns(read)
+    if features is None:
+        return join(computed, read).to_dict(as_series=False)
+    return (request if computed is None else computed.to_dict(as_series=False)) | features
+
+
+def _serve(
+    views: Sequence[View | OnDemand],
+    columns: Sequence[str],
+    column: Callable[[str], list[Any]],
+    join: Callable[[pl.DataFrame | None, dict[str, list[Any]]], pl.DataFrame],
+    *,
+    at: datetime | None,
+    store: OnlineStore | None,
+) -> tuple[pl.DataFrame | None, dict[str, list[Any]]]:
+    """Check a request and read its features: the work of ``online_features``.
+
+    The request has the columns ``columns``, and ``column(name)`` gives one's values.
+    ``join(computed, read)`` makes the frame an ``OnDemand`` group is applied to: the
+    frame the previous group computed (None before the first) with the features read
+    since, by name. Returns the frame the last group computed (None without one) and the
+    features read after it.
+    """
+    check_views(views, reserved=columns)
+    check_keys(columns, views, what="The request")
     when = _utc(at, parameter="at") if at is not None else datetime.now(UTC)
     target = store if store is not None else online_store()
+    computed: pl.DataFrame | None = None
+    # Features read but not yet in a frame: joined in one go before an on-demand group
+    # needs them, and by the caller at the end (a frame per view costs more than a read).
+    read: dict[str, list[Any]] = {}
     try:
-        out = frame
-        # Features read but not yet in ``out``: joined in one go before an on-demand group
-        # needs them, and at the end (a frame per view would cost more than the reads).
-        pending: dict[str, list[Any]] = {}
         for view in views:
             if isinstance(view, OnDemand):
-                out = view.apply(_joined(out, pending))
-                pending = {}
+                computed = view.apply(join(computed, read))
+                read = {}
                 continue
-            keys = list(zip(*(frame.get_column(k).to_list() for k in view.keys), strict=True))
+            keys = list(zip(*(column(k) for k in view.keys), strict=True))
             empty = _empty_values(view)
             found = target.read(
                 view.name, keys, features=view.feature_names, at=when, ttl=_ttl(view)
             )
             for name in view.feature_names:
-                pending[name] = [empty.get(name) if row is None else row[name] for row in found]
-        out = _joined(out, pending)
+                read[name] = [empty.get(name) if row is None else row[name] for row in found]
     finally:
         if store is None:
             target.close()
-    return out
+    return computed, read
 
 
 def _joined(frame: pl.DataFrame, columns: Mapping[str, list[Any]]) -> pl.DataFrame:
     if not columns:
         return frame
     return frame.hstack(pl.DataFrame(dict(columns), strict=False).get_columns())
+
+
+def _frame(columns: Mapping[str, list[Any]]) -> pl.DataFrame:
+    """A frame of plain columns (see ``_as_polars``), of one or more rows.
+
+    Built from a list of dicts, which takes Polars a fraction of the time a dict of
+    lists takes for a few rows, and gives plain values the same types.
+    """
+    names = list(columns)
+    return pl.DataFrame(
+        [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    )
+
+
+def _request_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]] | None:
+    """The rows as the columns ``pl.DataFrame(rows)`` would hold, or None if that takes Polars.
+
+    Polars names a column for every key in the order the keys first appear, a row
+    without one holding null there, and infers the types from the first 100 rows only:
+    beyond ``_FEW_ROWS`` rows the frame is built.
+    """
+    if not rows or len(rows) > _FEW_ROWS or any(type(row) is not dict for row in rows):
+        return None
+    names = dict.fromkeys(name for row in rows for name in row)
+    if any(type(name) is not str for name in names):
+        return None
+    return _plain_columns({name: [row.get(name) for row in rows] for name in names})
+
+
+def _plain_columns(columns: Mapping[str, list[Any]]) -> dict[str, list[Any]] | None:
+    """The columns as a Polars frame of them gives them back, or None if that takes Polars."""
+    plain = {}
+    for name, values in columns.items():
+        as_polars = _as_polars(values)
+        if as_polars is None:
+            return None
+        plain[name] = as_polars
+    return plain
+
+
+def _as_polars(values: list[Any]) -> list[Any] | None:
+    """``values`` as a Polars column of them gives them back, or None if that takes Polars.
+
+    A column has one type: a column of ints and floats is a float column, and a UTC
+    datetime comes back with the ``ZoneInfo`` time zone. Other mixtures (where Polars
+    casts to string or int), nested values and ints beyond 64 bits are left to Polars.
+    """
+    kinds = {type(value) for value in values}
+    kinds.discard(type(None))
+    if len(kinds) == 1:
+        (kind,) = kinds
+        if kind in (bool, float, str, date):
+            return values
+        if kind is int:
+            return values if all(v is None or v in _INT64 for v in values) else None
+        if kind is datetime and all(v is None or v.tzinfo is UTC for v in values):
+            return [None if v is None else v.replace(tzinfo=_POLARS_UTC, fold=0) for v in values]
+        return None
+    if not kinds:
+        return values
+    if kinds == {int, float} and all(type(v) is not int or v in _INT64 for v in values):
+        return [None if v is None else float(v) for v in values]
+    return None
 
 
 def freshness(

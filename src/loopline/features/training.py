@@ -82,16 +82,16 @@ def check_views(views: Sequence[View | OnDemand], *, reserved: Sequence[str] = (
             seen[feature] = repr(view.name)
 
 
-def check_keys(frame: pl.DataFrame, views: Sequence[View | OnDemand], *, what: str) -> None:
-    """Refuse a frame that lacks the entity key columns of one of the views."""
+def check_keys(columns: Sequence[str], views: Sequence[View | OnDemand], *, what: str) -> None:
+    """Refuse columns that lack the entity key columns of one of the views."""
     for view in views:
         if isinstance(view, OnDemand):
             continue
-        missing = [k for k in view.keys if k not in frame.columns]
+        missing = [k for k in view.keys if k not in columns]
         if missing:
             raise FeatureError(
                 f"{what} lacks the key column(s) {missing} of {type(view).__name__} "
-                f"{view.name!r}; it has {frame.columns}.",
+                f"{view.name!r}; it has {list(columns)}.",
                 view=view.name,
             )
 
@@ -147,7 +147,7 @@ def training_set(
     check_views(views, reserved=frame.columns)
     frame = to_utc(frame, timestamp, owner="the label table")
     query_base = frame.with_row_index(ROW).with_columns(pl.col(timestamp).alias(QUERY_TIME))
-    check_keys(frame, views, what="The label table")
+    check_keys(frame.columns, views, what="The label table")
     if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
         raise FeatureError(
             f"The 'partitions' parameter of training_set must be a positive integer. "

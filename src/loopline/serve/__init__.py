@@ -1,7 +1,9 @@
 """Serving: the Open Inference Protocol v2 codec, the ASGI app, its models and server."""
 
-from loopline.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
+from loopline.serve.app import DEFAULT_MAX_BODY_BYTES, ServingApp, create_app
 from loopline.serve.batch import BatchResult, predict_batch
+from loopline.serve.batching import Batching, MicroBatcher
+from loopline.serve.cache import PredictionCache, RedisPredictionCache, open_cache
 from loopline.serve.predlog import (
     ParquetSink,
     PredictionLog,
@@ -38,16 +40,21 @@ __all__ = [
     "HEADER_LENGTH",
     "JSON_CONTENT_TYPE",
     "BatchResult",
+    "Batching",
     "InferRequest",
+    "MicroBatcher",
     "ModelRepository",
     "ModelSpec",
     "ParquetSink",
+    "PredictionCache",
     "PredictionLog",
     "PredictionLogCollector",
     "PredictionSink",
+    "RedisPredictionCache",
     "RequestedOutput",
     "Rollout",
     "ServedModel",
+    "ServingApp",
     "Tensor",
     "TensorSpec",
     "create_app",
@@ -56,6 +63,7 @@ __all__ = [
     "error_body",
     "metadata_model",
     "metadata_server",
+    "open_cache",
     "parse_infer_request",
     "predict_batch",
     "read_predictions",

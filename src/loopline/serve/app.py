@@ -26,11 +26,12 @@ import contextlib
 import hmac
 import logging
 import math
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 import orjson
@@ -40,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from loopline import __version__
 from loopline.errors import (
@@ -55,9 +57,12 @@ from loopline.errors import (
     UnknownEntityError,
 )
 from loopline.features.definition import OnDemand, View
+from loopline.serve.batching import Batching, MicroBatcher
+from loopline.serve.cache import MAX_ROWS as CACHE_MAX_ROWS
+from loopline.serve.cache import PredictionCache, PredictionCacheCollector, cache_key
 from loopline.serve.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from loopline.serve.openapi import openapi_document
-from loopline.serve.predlog import PredictionLog, PredictionLogCollector
+from loopline.serve.predlog import PredictionLog, PredictionLogCollector, RowFeatures
 from loopline.serve.protocol import (
     InferRequest,
     Tensor,
@@ -72,7 +77,7 @@ from loopline.serve.repository import ModelRepository, ServedModel
 from loopline.serve.rollout import Rollout
 from loopline.store.online import OnlineStore
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "Batching", "ServingApp", "create_app"]
 
 log = logging.getLogger("loopline.serve")
 
@@ -80,10 +85,123 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 """Requests with a larger body get 413."""
 
 _JSON = "application/json"
+_JSON_HEADER = (b"content-type", b"application/json")
 _THREADPOOL_ROWS = 2048  # larger batches are predicted off the event loop
 _END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 _FEW_VALUES = 16  # a tensor this small is handed on as a list (see Preprocessor)
 Handler = Callable[[Request], Awaitable[Response]]
+_Encoded = tuple[np.ndarray, Mapping[str, Sequence[Any]], int]
+"""A request's rows for one model: the encoded matrix (1-D for one row), the feature
+columns as the model saw them (for the prediction log) and the row count."""
+_Answer = tuple[bytes, list[tuple[bytes, bytes]], Callable[[], None] | None]
+"""A prediction route's answer: the body, its headers, and what to run after sending."""
+
+
+class _Call:
+    """A request to a prediction route, read straight off the ASGI scope."""
+
+    __slots__ = ("_headers", "model", "params", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive, params: Mapping[str, str]) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.params = params
+        self.model = ("", "")  # (name, version) for the latency metric, once known
+        self._headers: dict[str, str] | None = None
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (lower case), or None."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope["headers"]
+            }
+        return headers.get(name)
+
+    def query(self) -> dict[str, str]:
+        """The query parameters (the last of a repeated one)."""
+        raw = self.scope.get("query_string", b"")
+        return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body; 413 beyond ``limit`` bytes."""
+        return await _read_body(self.header("content-length"), self._chunks(), limit)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ProtocolError("The client closed the connection before the body ended.")
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
+
+
+HotHandler = Callable[[_Call], Awaitable[_Answer]]
+HotRoute = Callable[[_Call, Send], Awaitable[None]]
+
+
+class _HotEndpoint:
+    """A prediction route as an ASGI app: Starlette routes to it with the path's
+    parameters, and ``ServingApp`` calls it directly."""
+
+    def __init__(self, answer: HotRoute) -> None:
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.answer(_Call(scope, receive, scope.get("path_params", {})), send)
+
+
+class ServingApp:
+    """The serving ASGI app: ``POST /predict`` and ``POST .../infer`` straight to their
+    handlers, everything else through Starlette.
+
+    Starlette's routing tries each route's pattern in turn and wraps every request and
+    response in objects; for the two prediction routes that is a third of a request's
+    time. The Starlette app (``app``) still has them, for the other methods' 405s and
+    for anyone who mounts it.
+    """
+
+    def __init__(self, app: Starlette, predict: _HotEndpoint, infer: _HotEndpoint) -> None:
+        self.app = app
+        self.state = app.state
+        self._predict = predict.answer
+        self._infer = infer.answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path == "/predict":
+                await self._predict(_Call(scope, receive, {}), send)
+                return
+            if path.endswith("/infer") and path.startswith("/v2/models/"):
+                params = _infer_params(path)
+                if params is not None:
+                    await self._infer(_Call(scope, receive, params), send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _infer_params(path: str) -> dict[str, str] | None:
+    """``{name[, version]}`` of ``/v2/models/{name}[/versions/{version}]/infer``."""
+    parts = path[len("/v2/models/") : -len("/infer")].split("/")
+    if len(parts) == 1 and parts[0]:
+        return {"name": parts[0]}
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return {"name": parts[0], "version": parts[2]}
+    return None
+
+
+async def _read_body(declared: str | None, chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    if declared is not None and _is_count(declared) and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class _Server:
@@ -100,8 +218,12 @@ class _Server:
         api_keys: Collection[str] = (),
         rollouts: Mapping[str, Rollout] | None = None,
         prediction_log: PredictionLog | None = None,
+        cache: PredictionCache | None = None,
+        batching: Batching | None = None,
     ) -> None:
         self.repository = repository
+        self.cache = cache
+        self.batching = batching
         self.prediction_log = prediction_log
         self.allow_unknown = frozenset(allow_unknown)
         self.api_keys = tuple(k.encode() for k in api_keys if k)
@@ -111,14 +233,16 @@ class _Server:
         self.max_body_bytes = int(max_body_bytes)
         self.metrics = ServerMetrics()
         self.default = repository.names[0]
-        self._counters: dict[tuple[str, int, str], tuple[Any, Any, Any]] = {}
+        self._counters: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+        self._batch_sizes: dict[str, Callable[[int], None]] = {}
+        self._batchers: dict[tuple[str, int], MicroBatcher] = {}
         self._published: set[tuple[str, str, str]] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def route(self, name: str, handler: Handler, *, guarded: bool = False) -> Handler:
-        """Wrap ``handler``: time it, turn every error into a JSON answer, and, when it
-        is ``guarded`` and API keys are configured, require one."""
+        """Wrap a Starlette ``handler``: time it, turn every error into a JSON answer, and,
+        when it is ``guarded`` and API keys are configured, require one."""
         latency, errors = self.metrics.latency, self.metrics.errors
         timers: dict[tuple[str, str], Any] = {}  # labelled children, looked up once
         check = guarded and bool(self.api_keys)
@@ -128,7 +252,7 @@ class _Server:
             request.state.model = ("", "")
             try:
                 if check:
-                    self.authorize(request)
+                    self.authorize(request.headers.get)
                 response = await handler(request)
             except Exception as exc:  # every error becomes an answer
                 response = _error_response(exc)
@@ -142,11 +266,42 @@ class _Server:
 
         return answer
 
-    def authorize(self, request: Request) -> None:
+    def hot(self, name: str, handler: HotHandler) -> HotRoute:
+        """``route`` for a prediction route answered on raw ASGI (see ``ServingApp``):
+        the same timing, errors and keys, without Starlette's request and response."""
+        latency, errors = self.metrics.latency, self.metrics.errors
+        timers: dict[tuple[str, str], Any] = {}
+        check = bool(self.api_keys)
+
+        async def answer(call: _Call, send: Send) -> None:
+            start = time.perf_counter()
+            after = None
+            try:
+                if check:
+                    self.authorize(call.header)
+                body, headers, after = await handler(call)
+                status = 200
+            except Exception as exc:  # every error becomes an answer
+                status, body, headers = _error_parts(exc)
+                errors.labels(name, str(status), _kind(exc)).inc()
+            key = call.model
+            timer = timers.get(key)
+            if timer is None:
+                timer = timers[key] = latency.labels(name, *key)
+            timer.observe(time.perf_counter() - start)
+            headers.append((b"content-length", b"%d" % len(body)))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            if after is not None:  # the shadow's copy, once the answer is out
+                await run_in_threadpool(after)
+
+        return answer
+
+    def authorize(self, header: Callable[[str], str | None]) -> None:
         """Accept ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` with a configured key."""
-        sent = request.headers.get("x-api-key")
+        sent = header("x-api-key")
         if sent is None:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            scheme, _, token = (header("authorization") or "").partition(" ")
             sent = token.strip() if scheme.lower() == "bearer" else None
         if sent is None:
             raise AuthError("This server requires an API key: send 'Authorization: Bearer KEY'.")
@@ -155,31 +310,29 @@ class _Server:
             raise AuthError("The API key is not valid for this server.")
 
     async def body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and _is_count(declared) and int(declared) > self.max_body_bytes:
-            raise _too_large(int(declared), self.max_body_bytes)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _too_large(size, self.max_body_bytes)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await _read_body(
+            request.headers.get("content-length"), request.stream(), self.max_body_bytes
+        )
 
     def predicted(self, model: ServedModel, rows: int, role: str) -> None:
-        """Count a model call: its rows, its batch size and the role it answered in."""
+        """Count a request's predictions and the role its model answered in."""
         key = (model.name, model.version, role)
         counters = self._counters.get(key)
         if counters is None:  # labelled children, looked up once per key
             version = str(model.version)
             counters = self._counters[key] = (
                 self.metrics.predictions.labels(model.name, version),
-                self.metrics.batch_size.labels(model.name),
                 self.metrics.routed.labels(model.name, version, role),
             )
         counters[0].inc(rows)
-        counters[1].observe(rows)
-        counters[2].inc()
+        counters[1].inc()
+
+    def batched(self, model: str) -> Callable[[int], None]:
+        """Observe the rows of one model call of ``model`` (the batch-size histogram)."""
+        observe = self._batch_sizes.get(model)
+        if observe is None:
+            observe = self._batch_sizes[model] = self.metrics.batch_size.labels(model).observe
+        return observe
 
     def publish_models(self) -> None:
         """Set ``loopline_model_loaded``: 1 for each loaded version, 0 for those gone."""
@@ -232,13 +385,13 @@ class _Server:
 
     # -- inference --------------------------------------------------------------------------
 
-    async def infer(self, request: Request) -> Response:
-        params = request.path_params
+    async def infer(self, call: _Call) -> _Answer:
+        params = call.params
         name, version = params["name"], params.get("version")
         main = self.repository.get(name, version)
-        request.state.model = (main.name, str(main.version))
-        body = await self.body(request)
-        header = request.headers.get("inference-header-content-length")
+        call.model = (main.name, str(main.version))
+        body = await call.body(self.max_body_bytes)
+        header = call.header("inference-header-content-length")
         if header is not None and not _is_count(header):
             raise ProtocolError(
                 f"The Inference-Header-Content-Length header must be a byte count. Got {header!r}."
@@ -246,13 +399,14 @@ class _Server:
         length = None if header is None else int(header.strip())
         parsed = parse_infer_request(body, header_length=length)
         rollout = self.rollouts.get(name) if version is None else None
-        request_id = parsed.id or uuid.uuid4().hex
-        key = _infer_key(request, parsed, rollout, request_id)
+        request_id = parsed.id or _request_id()
+        key = _infer_key(call.header, parsed, rollout, request_id)
 
-        def columns_for(model: ServedModel) -> tuple[Mapping[str, Any], int]:
-            return _columns(model, parsed)
+        def encode(model: ServedModel) -> _Encoded:
+            columns, rows = _columns(model, parsed)
+            return model.bundle.preprocessor.transform_columns(columns), columns, rows
 
-        model, predictions, role = await self._answer(main, rollout, key, columns_for, request_id)
+        model, predictions, role = await self._answer(main, rollout, key, encode, request_id)
         rows = len(predictions)
         output = Tensor(model.output, "FP64", (rows,), predictions)
         content, headers = encode_infer_response(
@@ -263,27 +417,38 @@ class _Server:
             id=parsed.id,
             parameters=None if role == "main" else {"loopline_route": role},
         )
-        return Response(
-            content, headers=headers, background=self._shadow(rollout, columns_for, rows)
-        )
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        return content, raw, self._shadow(rollout, encode)
 
-    async def predict(self, request: Request) -> Response:
-        query = request.query_params
+    async def predict(self, call: _Call) -> _Answer:
+        query = call.query()
         name, version = query.get("model") or self.default, query.get("version")
         main = self.repository.get(name, version)
-        request.state.model = (main.name, str(main.version))
+        call.model = (main.name, str(main.version))
         at = _instant(query.get("at"))
-        rows = _rows(await self.body(request))
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        rows = _rows(await call.body(self.max_body_bytes))
+        request_id = call.header("x-request-id") or _request_id()
         rollout = self.rollouts.get(name) if version is None else None
-        key = _predict_key(request, rows, rollout, request_id)
-        frame = await self._request_frame(rows, at)
+        key = _predict_key(call.header, rows, rollout, request_id)
+        encode: Callable[[ServedModel], _Encoded]
+        if self.views is None and len(rows) == 1:  # one row, every feature in it
+            row = rows[0]
 
-        def columns_for(model: ServedModel) -> tuple[Mapping[str, Any], int]:
-            features = model.bundle.features
-            return {n: frame[n] for n in features if n in frame}, len(rows)
+            def encode(model: ServedModel) -> _Encoded:
+                bundle = model.bundle
+                features = RowFeatures(bundle.features, row)
+                return bundle.preprocessor.transform_row(row), features, 1
 
-        model, predictions, role = await self._answer(main, rollout, key, columns_for, request_id)
+        else:
+            frame = await self._request_frame(rows, at)
+
+            def encode(model: ServedModel) -> _Encoded:
+                features = model.bundle.features
+                columns = {n: frame[n] for n in features if n in frame}
+                matrix = model.bundle.preprocessor.transform_columns(columns)
+                return matrix, columns, len(rows)
+
+        model, predictions, role = await self._answer(main, rollout, key, encode, request_id)
         answer: dict[str, Any] = {
             "request_id": request_id,
             "model": model.name,
@@ -292,47 +457,56 @@ class _Server:
         }
         if role != "main":
             answer["route"] = role
-        return _json(answer, background=self._shadow(rollout, columns_for, len(rows)))
+        return orjson.dumps(answer), [_JSON_HEADER], self._shadow(rollout, encode)
 
     async def _answer(
         self,
         main: ServedModel,
         rollout: Rollout | None,
         key: str,
-        columns_for: Callable[[ServedModel], tuple[Mapping[str, Any], int]],
+        encode: Callable[[ServedModel], _Encoded],
         request_id: str,
     ) -> tuple[ServedModel, np.ndarray, str]:
-        """Predict with the canary or the main model; on a model failure, the fallback.
+        """Predict with the canary or the main model (or the cache); on a model failure,
+        the fallback.
 
         Bad input (a missing feature, a value of the wrong type) raises as it is: a
         fallback is for a model that fails, not for a request that is wrong.
         """
         chosen = rollout.choose(key) if rollout is not None else None
         model, role = (chosen, "canary") if chosen is not None else (main, "main")
-        columns, rows = columns_for(model)
-        matrix = model.bundle.preprocessor.transform_columns(columns)
-        timeout = None if rollout is None else rollout.timeout_ms
-        try:
-            predictions = await self._call(model, matrix, rows, timeout)
-        except (TrainingError, FeatureError, ProtocolError):
-            raise
-        except Exception as exc:  # the model failed or ran out of time
-            reason = "timeout" if isinstance(exc, TimeoutError) else "error"
-            self.metrics.fallbacks.labels(main.name, reason).inc()
-            log.warning(
-                "model %s version %s failed (%s): %r", model.name, model.version, reason, exc
-            )
-            model, predictions = self._fallback(main, rollout, columns_for, rows, exc)
-            role = "fallback"
-            if model is not (chosen or main):  # the previous version: its own columns
-                columns = columns_for(model)[0]
+        matrix, features, rows = encode(model)
+        cache = self.cache if rows <= CACHE_MAX_ROWS else None
+        predictions = None
+        if cache is not None:
+            stored = cache_key(model.name, model.version, matrix)
+            predictions = await cache.get(stored)
+        if predictions is None:
+            timeout = None if rollout is None else rollout.timeout_ms
+            try:
+                predictions = await self._call(model, matrix, rows, timeout)
+            except (TrainingError, FeatureError, ProtocolError):
+                raise
+            except Exception as exc:  # the model failed or ran out of time
+                reason = "timeout" if isinstance(exc, TimeoutError) else "error"
+                self.metrics.fallbacks.labels(main.name, reason).inc()
+                log.warning(
+                    "model %s version %s failed (%s): %r", model.name, model.version, reason, exc
+                )
+                model, predictions = self._fallback(main, rollout, encode, rows, exc)
+                role = "fallback"
+                if model is not (chosen or main):  # the previous version: its own features
+                    features = encode(model)[1]
+                cache = None  # a fallback's answer is not the model's
+            if cache is not None:
+                await cache.put(stored, predictions)
         self.predicted(model, rows, role)
         if self.prediction_log is not None:  # a queue append: never blocks, never raises
             self.prediction_log.log(
                 request_id=request_id,
                 model=model.name,
                 version=model.version,
-                features=columns,
+                features=features,
                 outputs=predictions,
             )
         return model, predictions, role
@@ -340,19 +514,44 @@ class _Server:
     async def _call(
         self, model: ServedModel, matrix: np.ndarray, rows: int, timeout_ms: float | None
     ) -> np.ndarray:
-        predict = model.bundle.model.predict_encoded
+        """The model's predictions of the encoded ``matrix`` (1-D for one row)."""
+        adapter = model.bundle.model
         if timeout_ms is not None:
-            call = run_in_threadpool(predict, matrix)
+            self.batched(model.name)(rows)
+            call = run_in_threadpool(adapter.predict_encoded, _two_d(matrix))
             return await asyncio.wait_for(call, timeout_ms / 1000)
+        batcher = self._batcher(model) if self.batching is not None else None
+        if batcher is not None and rows < batcher.max_batch:
+            return await batcher.predict(_two_d(matrix))
+        self.batched(model.name)(rows)
+        if matrix.ndim == 1:
+            return np.array([adapter.predict_row(matrix)], dtype=np.float64)
         if rows >= _THREADPOOL_ROWS:
-            return await run_in_threadpool(predict, matrix)
-        return predict(matrix)
+            return await run_in_threadpool(adapter.predict_encoded, matrix)
+        return adapter.predict_encoded(matrix)
+
+    def _batcher(self, model: ServedModel) -> MicroBatcher:
+        key = (model.name, model.version)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            assert self.batching is not None
+            adapter = model.bundle.model
+            batcher = self._batchers[key] = MicroBatcher(
+                adapter.predict_encoded,
+                adapter.predict_row,
+                self.batching,
+                on_batch=self.batched(model.name),
+            )
+            live = {(m.name, m.version) for m in self.repository.loaded()}
+            for old in [k for k in self._batchers if k not in live and k != key]:
+                del self._batchers[old]  # a version no longer served
+        return batcher
 
     def _fallback(
         self,
         main: ServedModel,
         rollout: Rollout | None,
-        columns_for: Callable[[ServedModel], tuple[Mapping[str, Any], int]],
+        encode: Callable[[ServedModel], _Encoded],
         rows: int,
         error: BaseException,
     ) -> tuple[ServedModel, np.ndarray]:
@@ -360,8 +559,8 @@ class _Server:
         if fallback == "previous":
             previous = self.repository.previous(main.name)
             if previous is not None:
-                columns, _ = columns_for(previous)
-                return previous, previous.bundle.predict_columns(columns)
+                matrix = _two_d(encode(previous)[0])
+                return previous, previous.bundle.model.predict_encoded(matrix)
         elif isinstance(fallback, float):
             return main, np.full(rows, fallback, dtype=np.float64)
         raise ModelFailedError(
@@ -371,11 +570,8 @@ class _Server:
         ) from error
 
     def _shadow(
-        self,
-        rollout: Rollout | None,
-        columns_for: Callable[[ServedModel], tuple[Mapping[str, Any], int]],
-        rows: int,
-    ) -> BackgroundTask | None:
+        self, rollout: Rollout | None, encode: Callable[[ServedModel], _Encoded]
+    ) -> Callable[[], None] | None:
         """The shadow's copy of the request, run after the answer has gone out."""
         shadow = None if rollout is None else rollout.shadow_model()
         if shadow is None:
@@ -383,14 +579,14 @@ class _Server:
 
         def score() -> None:
             try:
-                columns, _ = columns_for(shadow)
-                shadow.bundle.predict_columns(columns)
+                matrix, _, rows = encode(shadow)
+                shadow.bundle.model.predict_encoded(_two_d(matrix))
             except Exception as exc:  # a shadow never affects the request
                 self.metrics.shadow_errors.labels(shadow.name, type(exc).__name__).inc()
                 return
             self.metrics.shadow_predictions.labels(shadow.name, str(shadow.version)).inc(rows)
 
-        return BackgroundTask(score)
+        return score
 
     async def _request_frame(
         self, rows: list[dict[str, Any]], at: datetime | None
@@ -404,13 +600,12 @@ class _Server:
     async def _features(
         self, rows: list[dict[str, Any]], at: datetime | None
     ) -> Mapping[str, list[Any]]:
-        from loopline.features.materialize import online_features
+        from loopline.features.materialize import online_feature_columns
 
         assert self.views is not None
         start = time.perf_counter()
-        frame = online_features(self.views, rows, at=at, store=self.online)
+        columns = online_feature_columns(self.views, rows, at=at, store=self.online)
         self.metrics.feature_lookup.observe(time.perf_counter() - start)
-        columns = frame.to_dict(as_series=False)
         self._check_known(rows, columns)
         return columns
 
@@ -519,7 +714,9 @@ def create_app(
     api_keys: Collection[str] = (),
     rollouts: Mapping[str, Rollout] | None = None,
     prediction_log: PredictionLog | None = None,
-) -> Starlette:
+    cache: PredictionCache | None = None,
+    batching: Batching | None = None,
+) -> ServingApp:
     """The serving app over ``repository`` (see the module docstring).
 
     Parameters
@@ -551,6 +748,13 @@ def create_app(
         Where every prediction (request id, time, model version, features, output) is
         written, off the request's path (``loopline.serve.predlog``); closed, after a
         last flush, when the app stops. Its counters are in ``/metrics``.
+    cache
+        The prediction cache (``loopline.serve.cache``): requests of up to 64 rows whose
+        encoded features were seen before are answered from it. None: no cache. Its
+        hit ratio is in ``/metrics``.
+    batching
+        Micro-batching of concurrent requests (``loopline.serve.batching``); None: each
+        request is its own model call.
     """
     server = _Server(
         repository,
@@ -561,9 +765,13 @@ def create_app(
         api_keys=api_keys,
         rollouts=rollouts,
         prediction_log=prediction_log,
+        cache=cache,
+        batching=batching,
     )
     if prediction_log is not None:
         server.metrics.registry.register(PredictionLogCollector(prediction_log))
+    if cache is not None:
+        server.metrics.registry.register(PredictionCacheCollector(cache))
     if views and online_store is None:
         from loopline.features.materialize import online_store as configured
 
@@ -590,8 +798,12 @@ def create_app(
                 rollout.close()
             if prediction_log is not None:
                 await run_in_threadpool(prediction_log.close)
+            if cache is not None:
+                await cache.close()
 
     r = server.route
+    infer = _HotEndpoint(server.hot("infer", server.infer))
+    predict = _HotEndpoint(server.hot("predict", server.predict))
     model = "/v2/models/{name}"
     version = "/v2/models/{name}/versions/{version}"
     routes = [
@@ -602,9 +814,9 @@ def create_app(
         Route(version, r("model_metadata", server.model_metadata), methods=["GET"]),
         Route(f"{model}/ready", r("model_ready", server.model_ready), methods=["GET"]),
         Route(f"{version}/ready", r("model_ready", server.model_ready), methods=["GET"]),
-        Route(f"{model}/infer", r("infer", server.infer, guarded=True), methods=["POST"]),
-        Route(f"{version}/infer", r("infer", server.infer, guarded=True), methods=["POST"]),
-        Route("/predict", r("predict", server.predict, guarded=True), methods=["POST"]),
+        Route(f"{model}/infer", infer, methods=["POST"]),
+        Route(f"{version}/infer", infer, methods=["POST"]),
+        Route("/predict", predict, methods=["POST"]),
         Route("/admin/reload", r("admin", server.reload, guarded=True), methods=["POST"]),
         Route("/admin/rollouts", r("admin", server.rollouts_page, guarded=True), methods=["GET"]),
         Route(
@@ -626,7 +838,7 @@ def create_app(
         exception_handlers={404: _not_found, 405: _not_allowed},
     )
     app.state.server = server
-    return app
+    return ServingApp(app, predict, infer)
 
 
 async def _load(server: _Server) -> None:
@@ -733,29 +945,44 @@ def _is_count(text: str) -> bool:
 
 
 def _predict_key(
-    request: Request, rows: list[dict[str, Any]], rollout: Rollout | None, fallback: str
+    header: Callable[[str], str | None],
+    rows: list[dict[str, Any]],
+    rollout: Rollout | None,
+    fallback: str,
 ) -> str:
     """What places a /predict request in a canary: the rollout's key field, or header."""
     if rollout is None or rollout.key is None:
         return fallback
     value = rows[0].get(rollout.key)
     if value is None:
-        value = request.headers.get(rollout.key)
+        value = header(rollout.key)
     return fallback if value is None else str(value)
 
 
 def _infer_key(
-    request: Request, parsed: InferRequest, rollout: Rollout | None, fallback: str | None
+    header: Callable[[str], str | None],
+    parsed: InferRequest,
+    rollout: Rollout | None,
+    fallback: str,
 ) -> str:
     """The same for an infer request: an input named by the key, or a header."""
-    default = fallback or uuid.uuid4().hex
     if rollout is None or rollout.key is None:
-        return default
+        return fallback
     for tensor in parsed.inputs:
         if tensor.name == rollout.key and tensor.data.size:
             value = tensor.data.reshape(-1)[0]
             return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-    return request.headers.get(rollout.key) or default
+    return header(rollout.key) or fallback
+
+
+def _request_id() -> str:
+    """A new request id: 128 random bits in hex (as ``uuid4().hex``, at a third of its
+    cost)."""
+    return os.urandom(16).hex()
+
+
+def _two_d(matrix: np.ndarray) -> np.ndarray:
+    return matrix.reshape(1, -1) if matrix.ndim == 1 else matrix
 
 
 def _rows(body: bytes) -> list[dict[str, Any]]:
@@ -829,7 +1056,8 @@ def _status(exc: BaseException) -> int:
     return 500
 
 
-def _error_response(exc: BaseException) -> Response:
+def _error_parts(exc: BaseException) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The status, the ``{"error"}`` body and the headers that answer ``exc``."""
     status = _status(exc)
     if status >= 500 and not isinstance(
         exc, (ModelNotReadyError, ModelFailedError, OnlineStoreError)
@@ -838,14 +1066,22 @@ def _error_response(exc: BaseException) -> Response:
         message = f"Internal error ({type(exc).__name__}); the server log has the details."
     else:
         message = str(exc)
-    headers = (
-        {"Retry-After": "1"}
-        if status == 503
-        else {"WWW-Authenticate": "Bearer"}
-        if status == 401
-        else None
+    headers = [_JSON_HEADER]
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
+    elif status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    return status, error_body(message), headers
+
+
+def _error_response(exc: BaseException) -> Response:
+    status, body, headers = _error_parts(exc)
+    return Response(
+        body,
+        status_code=status,
+        headers={k.decode(): v.decode() for k, v in headers[1:]},
+        media_type=_JSON,
     )
-    return Response(error_body(message), status_code=status, headers=headers, media_type=_JSON)
 
 
 def _kind(exc: BaseException) -> str:

@@ -89,6 +89,7 @@ __all__ = [
     "PredictionLog",
     "PredictionLogCollector",
     "PredictionSink",
+    "RowFeatures",
     "read_predictions",
 ]
 
@@ -405,7 +406,13 @@ class PredictionLog:
             _, model, _, features, outputs, at = record
             try:
                 rows = len(outputs)
-                bad = [name for name, values in features.items() if len(values) != rows]
+                bad = [
+                    name
+                    for name, values in (
+                        () if rows == 1 and features.__class__ is RowFeatures else features.items()
+                    )
+                    if len(values) != rows
+                ]
                 if bad:
                     raise ValueError(
                         f"feature {bad[0]!r} has {len(features[bad[0]])} value(s) for "
@@ -475,6 +482,38 @@ def _plain(values: Any) -> Any:
     return values
 
 
+class RowFeatures(Mapping[str, Sequence[Any]]):
+    """One request row's features as columns of one value each, without copying them.
+
+    What a server logs for a one-row request: ``RowFeatures(names, row)`` costs nothing
+    on the request's path, and the writer reads the row's values straight into its
+    columns. A feature the row lacks is None.
+
+    Examples
+    --------
+    >>> features = RowFeatures(("city", "temp"), {"city": "Oslo", "temp": 4.5, "id": 7})
+    >>> dict(features)
+    {'city': ['Oslo'], 'temp': [4.5]}
+    """
+
+    __slots__ = ("names", "row")
+
+    def __init__(self, names: Sequence[str], row: Mapping[str, Any]) -> None:
+        self.names = tuple(names)
+        self.row = row
+
+    def __getitem__(self, name: str) -> list[Any]:
+        if name not in self.names:
+            raise KeyError(name)
+        return [self.row.get(name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 def _table(records: list[_Record], names: tuple[str, ...]) -> pa.Table:
     """The rows of ``records`` (all of one model and one set of features) as one table."""
     request_ids: list[str] = []
@@ -482,14 +521,34 @@ def _table(records: list[_Record], names: tuple[str, ...]) -> pa.Table:
     versions: list[int] = []
     outputs: list[float] = []
     columns: dict[str, list[Any]] = {name: [] for name in names}
+    pairs = list(columns.items())
+    singles: list[tuple[Any, ...]] = []  # one-row records' values, a row at a time
+
+    def spill() -> None:  # the one-row records so far, into the columns in order
+        for (_, column), values in zip(pairs, zip(*singles, strict=True), strict=True):
+            column.extend(values)
+        singles.clear()
+
     for request_id, _, version, features, values, at in records:
         rows = len(values)
-        request_ids.extend([request_id] * rows)
-        times.extend([at] * rows)
-        versions.extend([version] * rows)
+        if rows == 1:
+            request_ids.append(request_id)
+            times.append(at)
+            versions.append(version)
+        else:
+            request_ids.extend([request_id] * rows)
+            times.extend([at] * rows)
+            versions.extend([version] * rows)
         outputs.extend(_plain(values))
-        for name in names:
-            columns[name].extend(_plain(features[name]))
+        if features.__class__ is RowFeatures:
+            singles.append(tuple(map(features.row.get, names)))
+            continue
+        if singles:
+            spill()
+        for name, column in pairs:
+            column.extend(_plain(features[name]))
+    if singles:
+        spill()
     micros = np.round(np.asarray(times, dtype=np.float64) * 1e6).astype(np.int64)
     frame = pl.DataFrame(
         [

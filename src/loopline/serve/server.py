@@ -30,7 +30,8 @@ from loopline.data.workspace import Workspace, after_fork
 from loopline.errors import ServingError
 from loopline.features.definition import OnDemand, View, definitions_in
 from loopline.registry import Registry
-from loopline.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
+from loopline.serve.app import DEFAULT_MAX_BODY_BYTES, Batching, create_app
+from loopline.serve.cache import open_cache
 from loopline.serve.predlog import PredictionLog
 from loopline.serve.repository import ModelRepository, ServedModel, specs_of
 from loopline.serve.rollout import Rollout
@@ -117,6 +118,11 @@ def serve(
     api_keys: Sequence[str] = (),
     rollout: Mapping[str, Any] | None = None,
     prediction_log: str | None = "",
+    cache_size: int = 10_000,
+    cache_url: str | None = None,
+    cache_ttl: float = 3600.0,
+    batch_max: int = 1,
+    batch_wait_ms: float = 0.0,
 ) -> None:
     """Serve ``models`` (``NAME``, ``NAME@ALIAS`` or ``NAME@VERSION``) until interrupted.
 
@@ -128,11 +134,16 @@ def serve(
     given, guard the prediction and admin routes. ``rollout`` (``Rollout.from_config``
     settings) applies to the first model. ``prediction_log`` is where predictions are
     logged: ``""`` for ``<artifact_url>/predictions``, None for nowhere.
+    ``cache_size`` entries of in-process prediction cache (0: none), or Redis at
+    ``cache_url`` with entries living ``cache_ttl`` seconds. ``batch_max`` > 1 turns on
+    micro-batching of concurrent requests, waiting at most ``batch_wait_ms``.
     """
     import uvicorn
 
     if workers < 1:
         raise ServingError(f"--workers must be at least 1. Got {workers}.")
+    batching = Batching(batch_max, batch_wait_ms) if batch_max > 1 else None
+    open_cache(cache_size, cache_url, cache_ttl)  # refuses bad settings before the fork
     settings = settings or Settings.load()
     registry = Registry(Workspace(settings.metadata_url, settings.artifact_url))
     repository = ModelRepository(registry, specs_of(models))
@@ -173,6 +184,7 @@ def serve(
         def run() -> None:
             # Made here, after the fork: each worker has its own writer thread.
             predictions = None if log_url is None else PredictionLog(log_url)
+            cache = open_cache(cache_size, cache_url, cache_ttl)
             app = create_app(
                 repository,
                 views=views,
@@ -184,6 +196,8 @@ def serve(
                 api_keys=api_keys,
                 rollouts=rollouts,
                 prediction_log=predictions,
+                cache=cache,
+                batching=batching,
             )
             config = uvicorn.Config(
                 app,

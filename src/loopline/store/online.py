@@ -71,6 +71,7 @@ __all__ = [
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DATE = date(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
+_NO_TIME = timedelta(0)
 _MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -528,7 +529,7 @@ class _OnlineStoreBase(ABC):
         high = time.time_ns() // 1000 if at is None else _datetime_micros(at)
         low = None
         if ttl is not None:
-            if ttl < timedelta(0):
+            if ttl < _NO_TIME:
                 raise OnlineStoreError(
                     f"The 'ttl' parameter of {owner} must be a non-negative duration. Got {ttl}."
                 )
@@ -543,13 +544,15 @@ class _OnlineStoreBase(ABC):
                 append(None)
                 continue
             payload = item[1]
-            # The common row (all features, no tagged value) decodes in one C call.
-            if features is None and payload.find(b"{", 1) == -1:
+            # The common row (no tagged value) decodes in one C call, and is picked from
+            # here; anything else, or a failure (reported by _decode), goes the long way.
+            if payload.find(b"{", 1) == -1:
                 try:
-                    append(loads(payload))
+                    row = loads(payload)
+                    append(row if features is None else {name: row[name] for name in features})
                     continue
-                except orjson.JSONDecodeError as exc:
-                    raise self._corrupted(view, exc) from exc
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    pass
             append(self._decode(view, payload, features))
         return results
 
@@ -982,6 +985,16 @@ class _RedisErrors:
             ) from exc
 
 
+def split_redis_prefix(url: str, default: str) -> tuple[str, str]:
+    """A Redis URL without its ``prefix`` query parameter, and the prefix (``default``
+    when it has none): ``redis://h:6379/0?prefix=shop:`` namespaces every key."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    rest = urlencode([(name, value) for name, value in query if name != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefixes[-1] if prefixes else default
+
+
 class RedisOnlineStore(_OnlineStoreBase):
     """The online store on Redis: one string key per (view, entity), read with ``MGET``.
 
@@ -1018,13 +1031,8 @@ class RedisOnlineStore(_OnlineStoreBase):
     def __init__(self, url: str) -> None:
         self.url = url
         module = _import_redis()
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        prefixes = [value for name, value in query if name == "prefix"]
-        self.prefix = prefixes[-1] if prefixes else _REDIS_DEFAULT_PREFIX
-        rest = urlencode([(name, value) for name, value in query if name != "prefix"])
-        client_url = urlunsplit(parts._replace(query=rest))
-        where = _safe_url(urlunsplit(parts._replace(query="")))
+        client_url, self.prefix = split_redis_prefix(url, _REDIS_DEFAULT_PREFIX)
+        where = _safe_url(urlunsplit(urlsplit(url)._replace(query="")))
         self._errors = _RedisErrors(module, where)
         self._prefix = self.prefix.encode()
         self._views: dict[str, bytes] = {}

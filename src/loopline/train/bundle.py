@@ -399,6 +399,60 @@ class Preprocessor:
             out[:, j] = number
         return out
 
+    def transform_row(self, row: Mapping[str, Any]) -> npt.NDArray[np.float64]:
+        """``transform_columns`` for one row given as a mapping (a served request).
+
+        The one row of ``transform_columns({name: [value]})`` as a 1-D array, read value
+        by value with a plan made once per preprocessor; values it cannot take directly
+        go the way of ``transform_columns``, with its errors.
+
+        Examples
+        --------
+        >>> pre = Preprocessor(features=["city", "age"]).fit(
+        ...     pl.DataFrame({"city": ["Oslo", "Bergen"], "age": [30.0, None]}))
+        >>> pre.transform_row({"city": "Oslo", "age": 41, "ignored": "x"})
+        array([ 1., 41.])
+        """
+        values: list[float] = []
+        append = values.append
+        try:
+            for name, codes, default in self._row_plan:
+                value = row[name]
+                if value is None:
+                    append(default)
+                elif codes is not None:
+                    if value.__class__ is not str:
+                        break
+                    append(codes.get(value, default))
+                elif isinstance(value, _NUMBER):
+                    number = float(value)
+                    append(default if number != number else number)
+                else:
+                    break
+            else:
+                return np.array(values, dtype=np.float64)
+        except KeyError:
+            pass
+        matrix = self.transform_columns({name: [value] for name, value in row.items()})
+        first: npt.NDArray[np.float64] = matrix[0]
+        return first
+
+    @cached_property
+    def _row_plan(self) -> tuple[tuple[str, dict[str, float] | None, float], ...]:
+        """Per feature: its name, its category codes (None if numeric) and the value a
+        missing one gets."""
+        if not self.is_fitted:
+            raise TrainingError(
+                "This Preprocessor is not fitted yet: call fit(frame) on the training rows."
+            )
+        codes, missing, fills = self._codes, self.missing_codes_, self.fill_values_
+        return tuple(
+            (name, codes[name], missing[name])
+            if name in codes
+            else (name, None, fills.get(name, math.nan))
+            for name in self.features
+        )
+
     def _transform_few(
         self, columns: Mapping[str, Sequence[Any] | npt.NDArray[Any]], rows: int
     ) -> npt.NDArray[np.float64]:
