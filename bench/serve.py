@@ -191,6 +191,20 @@ def _endpoints(bundle: Any, datatypes: dict[str, str]) -> list[Endpoint]:
             lambda answer: answer["outputs"][0]["data"][0],
         ),
         Endpoint(
+            "loopline-batched",
+            "loopline /predict, micro-batched (--batch-max 32)",
+            "/predict",
+            orjson.dumps,
+            lambda answer: answer["predictions"][0],
+        ),
+        Endpoint(
+            "loopline-cached",
+            "loopline /predict, cache hits (the default cache; 1,000 rows cycled)",
+            "/predict",
+            orjson.dumps,
+            lambda answer: answer["predictions"][0],
+        ),
+        Endpoint(
             "mlflow",
             f"MLflow {_mlflow_version()} /invocations",
             "/invocations",
@@ -279,13 +293,24 @@ def _ceiling(home: str, port: int) -> None:
 # -- servers ----------------------------------------------------------------------------------
 
 
+LOOPLINE_VARIANTS = {
+    # The rows are cycled, so the prediction cache would answer nearly every request:
+    # the plain figures are without it, and a variant measures it on purpose.
+    "loopline": ("--cache-size", "0"),
+    "loopline-batched": ("--cache-size", "0", "--batch-max", "32"),
+    "loopline-cached": (),
+}
+"""``loopline serve`` options of each loopline server measured."""
+
+
 def _command(server: str, home: Path, port: int) -> list[str]:
-    if server == "loopline":
+    if server in LOOPLINE_VARIANTS:
         return [
             sys.executable,
             *("-m", "loopline", "serve", "--model", f"{MODEL}@champion"),
             *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-            *("--ready-file", str(home / "loopline-ready")),
+            *("--ready-file", str(home / f"{server}-ready")),
+            *LOOPLINE_VARIANTS[server],
         ]
     if server == "mlflow":
         return [
@@ -296,7 +321,11 @@ def _command(server: str, home: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "bench.serve", "--ceiling", str(home), str(port)]
 
 
-HEALTH = {"loopline": "/v2/health/ready", "mlflow": "/ping", "ceiling": "/ping"}
+HEALTH = {
+    **dict.fromkeys(LOOPLINE_VARIANTS, "/v2/health/ready"),
+    "mlflow": "/ping",
+    "ceiling": "/ping",
+}
 
 
 def _get(port: int, path: str) -> int:
@@ -490,6 +519,17 @@ def _goals(cells: list[Cell]) -> list[str]:
                 f"- {name} p99 at concurrency 1: {_ms(p99)} ms (goal under {GOAL_P99_MS:g} ms: "
                 f"{_verdict(p99 < GOAL_P99_MS)})."
             )
+    for c in CONCURRENCY:
+        plain, batched = (
+            _find(cells, "loopline /predict", c),
+            _find(cells, "loopline /predict, m", c),
+        )
+        if plain is not None and batched is not None:
+            lines.append(
+                f"- Micro-batching at concurrency {c}: {batched.rps / plain.rps:.2f}x the "
+                f"requests per second, p99 {_ms(batched.figures['p99'])} ms against "
+                f"{_ms(plain.figures['p99'])} ms without."
+            )
     lines.append("- Batch scoring: see its own section (`bench.batch_predict`).")
     return lines
 
@@ -540,7 +580,7 @@ def _run(home: Path, seconds: float, warmup: float) -> str:
     endpoints = _endpoints(bundle, datatypes)
     checks: dict[str, float | str] = {}
     cells: list[Cell] = []
-    for server in ("loopline", "mlflow", "ceiling"):
+    for server in (*LOOPLINE_VARIANTS, "mlflow", "ceiling"):
         if server == "mlflow" and not mlflow:
             cells += [
                 Cell(e, c, note="not installed (pip install 'loopline[mlflow]')")
@@ -557,9 +597,12 @@ def _run(home: Path, seconds: float, warmup: float) -> str:
         f"{len(bundle.features)} features, {categorical} categorical), asked about one row a "
         f"request: {len(rows):,} rows of the pipeline's test months, nulls and all, cycled "
         f"through. Each server is one process with one worker, on 127.0.0.1: `loopline "
-        f"serve` with its defaults (`/predict` with every feature in the JSON object, no "
-        f"online store; and OIP v2 infer with one JSON tensor per feature), `mlflow models "
-        f"serve --env-manager local` of the same bundle exported with `to_mlflow` "
+        f"serve` with its defaults (the prediction log on) but for the prediction cache, off "
+        f"(`--cache-size 0`: the rows repeat, so it would answer nearly every request), with "
+        f"`/predict` holding every feature in the JSON object, no online store, and OIP v2 "
+        f"infer with one JSON tensor per feature; the same server with micro-batching "
+        f"(`--batch-max 32`) and with the default cache (nearly every request a hit); "
+        f"`mlflow models serve --env-manager local` of the same bundle exported with `to_mlflow` "
         f"(`dataframe_split`), and the ceiling, a hand-written Starlette endpoint on uvicorn "
         f"(uvloop, httptools) that parses the `/predict` body with orjson, codes the row with "
         f"the bundle's vocabularies and calls `booster.predict(row, num_threads=1)`. A load "
