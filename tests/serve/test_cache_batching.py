@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -117,6 +118,89 @@ def test_one_row_with_odd_values_takes_the_general_path_and_its_errors() -> None
         pre.transform_row({k: v for k, v in good.items() if k != "temp"})
     with pytest.raises(Exception, match="'temp'"):
         pre.transform_row({**good, "temp": "warm"})
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    city=st.one_of(st.sampled_from(["Oslo", "Rome", "Lima", ""]), st.none(), st.integers(0, 3)),
+    temp=st.one_of(st.none(), st.floats(-50, 50), st.integers(-40, 50), st.text(max_size=2)),
+    hour=st.one_of(st.integers(-3, 300), st.floats(0, 23), st.booleans(), st.none()),
+    types=st.tuples(
+        st.sampled_from(["BYTES", "FP64"]),
+        st.sampled_from(["FP64", "FP32", "INT64", "BYTES"]),
+        st.sampled_from(["INT64", "INT8", "UINT8", "FP64", "BOOL"]),
+    ),
+)
+def test_one_value_per_input_is_answered_as_the_general_parser_would(
+    infer_client: TestClient, city: Any, temp: Any, hour: Any, types: tuple[str, str, str]
+) -> None:
+    """A JSON infer request of shape [1] tensors (read without building tensors) gets the
+    answer, or the error status, that the same values as [1, 1] tensors (the general
+    parser) get."""
+    values = {"city": city, "temp": temp, "hour": hour}
+
+    def body(nested: bool) -> dict[str, Any]:
+        return {
+            "id": "r1",
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": [1, 1] if nested else [1],
+                    "data": [[values[name]]] if nested else [values[name]],
+                }
+                for name, datatype in zip(FEATURES, types, strict=True)
+            ],
+        }
+
+    fast, general = (infer_client.post(INFER_PATH, json=body(n)) for n in (False, True))
+    assert fast.status_code == general.status_code
+    if fast.status_code == 200:
+        one, other = fast.json(), general.json()
+        assert one["id"] == "r1"
+        assert one["outputs"][0]["data"] == other["outputs"][0]["data"]
+        assert one["outputs"][0]["shape"] == [1]
+
+
+INFER_PATH = "/v2/models/weather-late/infer"
+
+
+@pytest.fixture(scope="module")
+def infer_client(registry: Registry) -> Iterator[TestClient]:
+    repository = ModelRepository(registry, ["weather-late"])
+    repository.load()
+    with TestClient(create_app(repository, refresh_seconds=None, load=False)) as client:
+        yield client
+
+
+def test_a_plain_one_row_infer_request_builds_no_tensors(
+    monkeypatch: pytest.MonkeyPatch, infer_client: TestClient
+) -> None:
+    import loopline.serve.app as served
+
+    parsed: list[bytes] = []
+    general = served.parse_infer_request
+
+    def counting(body: bytes, **kwargs: Any) -> Any:
+        parsed.append(body)
+        return general(body, **kwargs)
+
+    monkeypatch.setattr(served, "parse_infer_request", counting)
+    row = _row(3)
+    inputs = [
+        {"name": "city", "datatype": "BYTES", "shape": [1], "data": [row["city"]]},
+        {"name": "temp", "datatype": "FP64", "shape": [1], "data": [row["temp"]]},
+        {"name": "hour", "datatype": "INT64", "shape": [1], "data": [row["hour"]]},
+    ]
+    plain = infer_client.post(INFER_PATH, json={"inputs": inputs})
+    asked = infer_client.post(INFER_PATH, json={"inputs": inputs, "outputs": [{"name": "x"}]})
+    assert plain.status_code == 200
+    assert plain.json()["outputs"][0]["data"] == pytest.approx(
+        BUNDLE.predict(pl.DataFrame([row])).tolist()
+    )
+    assert "id" not in plain.json()
+    assert asked.status_code == 400  # the general parser, and its error for an unknown output
+    assert len(parsed) == 1
 
 
 # -- the cache ----------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from loopline.serve.protocol import (
     InferRequest,
     Tensor,
     TensorSpec,
+    decodes_as_itself,
     encode_infer_response,
     error_body,
     metadata_model,
@@ -396,9 +397,27 @@ class _Server:
             raise ProtocolError(
                 f"The Inference-Header-Content-Length header must be a byte count. Got {header!r}."
             )
+        rollout = self.rollouts.get(name) if version is None else None
+        one = _one_row(body, main.input_types) if header is None and rollout is None else None
+        if one is not None:  # one JSON value per feature: no tensors to build
+            sent_id, row = one
+
+            def encode_row(model: ServedModel) -> _Encoded:
+                bundle = model.bundle
+                return bundle.preprocessor.transform_row(row), RowFeatures(bundle.features, row), 1
+
+            request_id = sent_id or _request_id()
+            model, predictions, _ = await self._answer(main, None, "", encode_row, request_id)
+            output = Tensor(model.output, "FP64", (1,), predictions)
+            content, headers = encode_infer_response(
+                model_name=model.name,
+                model_version=str(model.version),
+                outputs=[output],
+                id=sent_id,
+            )
+            return content, [(b"content-type", headers["content-type"].encode())], None
         length = None if header is None else int(header.strip())
         parsed = parse_infer_request(body, header_length=length)
-        rollout = self.rollouts.get(name) if version is None else None
         request_id = parsed.id or _request_id()
         key = _infer_key(call.header, parsed, rollout, request_id)
 
@@ -863,7 +882,7 @@ async def _follow(server: _Server, every: float) -> None:
 
 def _columns(model: ServedModel, request: InferRequest) -> tuple[dict[str, Any], int]:
     """The model's feature columns from the request's tensors, one tensor per feature."""
-    inputs = dict(model.inputs())
+    inputs = model.input_types
     names = [t.name for t in request.inputs]
     extra = [n for n in names if n not in inputs]
     if extra:
@@ -901,6 +920,60 @@ def _columns(model: ServedModel, request: InferRequest) -> tuple[dict[str, Any],
     if not rows:
         raise ProtocolError("The request has no rows to predict.")
     return columns, rows
+
+
+_INF = math.inf
+
+
+def _one_row(body: bytes, inputs: Mapping[str, str]) -> tuple[str | None, dict[str, Any]] | None:
+    """The id and the one row of a JSON infer request that sends each of the model's
+    inputs as one plain value (``{"name", "datatype", "shape": [1], "data": [v]}``).
+
+    None for any other request, which the general parser reads (with its errors): a
+    value is taken here only where the general path would give the model exactly it
+    (text as BYTES for a categorical feature; for a numeric one, a value of a numeric
+    datatype that ``decodes_as_itself``).
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if doc.__class__ is not dict or not doc.keys() <= {"id", "inputs"}:
+        return None
+    sent_id, tensors = doc.get("id"), doc.get("inputs")
+    if (sent_id is not None and sent_id.__class__ is not str) or tensors.__class__ is not list:
+        return None
+    if len(tensors) != len(inputs):
+        return None
+    row: dict[str, Any] = {}
+    for tensor in tensors:
+        if tensor.__class__ is not dict or len(tensor) != 4:
+            return None
+        try:
+            name, datatype, shape, data = (
+                tensor["name"],
+                tensor["datatype"],
+                tensor["shape"],
+                tensor["data"],
+            )
+            want = inputs.get(name)
+        except (KeyError, TypeError):  # another key, or a name that is not text
+            return None
+        if want is None or name in row or shape != [1]:
+            return None
+        if data.__class__ is not list or len(data) != 1:
+            return None
+        value = data[0]
+        if datatype == "BYTES" or want == "BYTES":
+            if datatype != want or value.__class__ is not str:
+                return None
+        elif not (
+            (datatype == "FP64" and value.__class__ is float and -_INF < value < _INF)
+            or decodes_as_itself(datatype, value)
+        ):
+            return None
+        row[name] = value
+    return sent_id, row
 
 
 def _values(tensor: Tensor, datatype: str) -> Any:

@@ -54,6 +54,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import struct
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -78,6 +79,7 @@ __all__ = [
     "Tensor",
     "TensorSpec",
     "datatype_of",
+    "decodes_as_itself",
     "encode_infer_response",
     "error_body",
     "metadata_model",
@@ -153,9 +155,40 @@ _JSON_CHECKS: dict[str, tuple[type, np.dtype[Any] | None, Any, Any]] = {
     "BYTES": (str, None, None, None),
 }
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_FP64_MAX = sys.float_info.max
 _U32 = struct.Struct("<I")
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _new_object = object.__new__
+
+
+def decodes_as_itself(datatype: str, value: Any) -> bool:
+    """Whether a one-element JSON tensor of ``datatype`` holding ``value`` decodes to a
+    value equal to ``value`` itself (``None`` for FP64 decodes to NaN, a missing value).
+
+    True for a number or null as FP64, an integer in range for an integer datatype, a
+    boolean as BOOL and text as BYTES; False for FP32 and FP16 (which round), and for
+    anything the decoder would refuse. A server can read such a request's values without
+    building tensors, and the model sees what it would have.
+
+    Examples
+    --------
+    >>> decodes_as_itself("INT8", 7), decodes_as_itself("INT8", 300)
+    (True, False)
+    >>> decodes_as_itself("FP64", None), decodes_as_itself("FP32", 0.1)
+    (True, False)
+    """
+    checks = _JSON_CHECKS.get(datatype) if datatype not in _FLOAT_LIMITS else None
+    if checks is None:
+        return False
+    category, _, low, high = checks
+    kind = type(value)
+    if category is _FLOAT:
+        if kind is int:
+            return bool(-_FP64_MAX <= value <= _FP64_MAX)
+        return value is None or (kind is float and bool(low < value < high))
+    if category is _INT:
+        return kind is int and bool(low <= value <= high)
+    return kind is category
 
 
 # -- tensors ------------------------------------------------------------------------------
@@ -688,7 +721,10 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
         array = np.empty(count, dtype=_OBJECT)
         array[:] = [value.encode() for value in values]
     else:
-        array = np.array(values, dtype=dtype)
+        try:
+            array = np.array(values, dtype=dtype)
+        except OverflowError:  # an integer beyond a float's range (floats can reach inf)
+            _out_of_range(name, datatype, next(v for v in values if type(v) is int))
     if len(shape) != 1:
         array = array.reshape(shape)
     return array

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from loopline.errors import (
@@ -123,8 +124,13 @@ class ServedModel:
 
     def inputs(self) -> list[tuple[str, str]]:
         """(feature, protocol datatype) for each input, in the model's order."""
+        return list(self.input_types.items())
+
+    @cached_property
+    def input_types(self) -> dict[str, str]:
+        """Feature -> its protocol datatype, in the model's order (made once)."""
         schema = self.bundle.schema
-        return [(name, datatype_of_schema(schema[name])) for name in self.bundle.features]
+        return {name: datatype_of_schema(schema[name]) for name in self.bundle.features}
 
 
 class ModelRepository:
