@@ -26,7 +26,7 @@ from loopline.data.workspace import Workspace
 from loopline.errors import ServingError
 from loopline.registry import Registry
 from loopline.serve.app import create_app
-from loopline.serve.batching import Batching, MicroBatcher
+from loopline.serve.batching import ALONE, DIRECT, Batching, MicroBatcher
 from loopline.serve.cache import (
     PredictionCache,
     RedisPredictionCache,
@@ -386,6 +386,31 @@ def test_concurrent_requests_share_one_model_call() -> None:
     assert calls == [4, 2, 1, 5]
 
 
+def _first(row: np.ndarray) -> float:
+    return float(row[0])
+
+
+def test_lone_requests_stop_waiting_for_a_batch_until_batches_form_again() -> None:
+    calls: list[int] = []
+
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        calls.append(len(matrix))
+        return matrix[:, 0]
+
+    async def run() -> MicroBatcher:
+        batcher = MicroBatcher(predict, _first, Batching(max_batch=8))
+        for i in range(ALONE + DIRECT):  # one at a time: batches of one
+            await batcher.predict(np.array([[float(i)]]))
+        assert batcher.direct_requests == DIRECT
+        pair = [batcher.predict(np.array([[1.0]])), batcher.predict(np.array([[2.0]]))]
+        assert [a.tolist() for a in await asyncio.gather(*pair)] == [[1.0], [2.0]]
+        return batcher
+
+    batcher = asyncio.run(run())
+    assert calls[-1] == 2  # batching was tried again, and the pair shared a call
+    assert batcher.direct_requests == DIRECT
+
+
 def test_a_batch_waits_at_most_its_wait() -> None:
     calls: list[int] = []
 
@@ -394,7 +419,7 @@ def test_a_batch_waits_at_most_its_wait() -> None:
         return matrix[:, 0]
 
     async def run() -> None:
-        batcher = MicroBatcher(predict, float, Batching(max_batch=8, max_wait_ms=30))
+        batcher = MicroBatcher(predict, _first, Batching(max_batch=8, max_wait_ms=30))
         loop = asyncio.get_running_loop()
         start = loop.time()
 
@@ -415,7 +440,7 @@ def test_a_failing_batch_fails_each_request() -> None:
         raise RuntimeError("broken")
 
     async def run() -> list[Any]:
-        batcher = MicroBatcher(predict, float, Batching(max_batch=4))
+        batcher = MicroBatcher(predict, _first, Batching(max_batch=4))
         rows = [np.array([[1.0]]), np.array([[2.0]])]
         return await asyncio.gather(*(batcher.predict(r) for r in rows), return_exceptions=True)
 

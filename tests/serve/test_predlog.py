@@ -27,6 +27,7 @@ from loopline.serve.predlog import (
     ParquetSink,
     PredictionLog,
     PredictionLogCollector,
+    RowFeatures,
     read_predictions,
 )
 
@@ -307,3 +308,37 @@ def test_a_sink_on_another_filesystem_uploads_whole_parts() -> None:
     assert predictions.written_rows == 2
     frame = read_predictions("memory://loopline-predlog-test")
     assert frame.get_column("request_id").to_list() == ["r1", "r1"]
+
+
+def test_one_row_requests_and_column_requests_keep_their_order(tmp_path: Path) -> None:
+    names = ("city", "temp")
+    with PredictionLog(tmp_path) as predictions:
+        predictions.log(
+            request_id="a",
+            model="m",
+            version=1,
+            features=RowFeatures(names, {"city": "Oslo", "temp": 4.5, "other": 1}),
+            outputs=np.array([0.1]),
+        )
+        predictions.log(
+            request_id="b",
+            model="m",
+            version=1,
+            features={"city": ["Rome", None], "temp": np.array([21.0, 3.0])},
+            outputs=np.array([0.2, 0.3]),
+        )
+        predictions.log(
+            request_id="c",
+            model="m",
+            version=2,
+            features=RowFeatures(names, {"city": "Lima"}),  # temp missing: null
+            outputs=[0.4],
+        )
+    rows = read_predictions(tmp_path).select("request_id", "version", *names, "output").rows()
+    assert rows == [
+        ("a", 1, "Oslo", 4.5, 0.1),
+        ("b", 1, "Rome", 21.0, 0.2),
+        ("b", 1, None, 3.0, 0.3),
+        ("c", 2, "Lima", None, 0.4),
+    ]
+    assert (predictions.written_rows, predictions.dropped_rows) == (4, 0)

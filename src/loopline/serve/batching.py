@@ -8,6 +8,11 @@ are batched, a lone request is not delayed), or ``max_wait_ms`` after its first 
 otherwise. A batch of one row takes the model's one-row call; a failing batch fails each
 of its requests with the model's error, so each can fall back on its own.
 
+Adaptive: waiting for a batch costs a turn of the event loop (tens of microseconds), which
+a lone request should not pay. After ``ALONE`` batches in a row of one request each, the
+next ``DIRECT`` requests are predicted at once; then batching is tried again, and it
+stays on while batches gather more than one request.
+
 Examples
 --------
 >>> import asyncio, numpy as np
@@ -37,6 +42,11 @@ from loopline.errors import ServingError
 __all__ = ["Batching", "MicroBatcher"]
 
 Matrix = npt.NDArray[np.float64]
+
+ALONE = 8
+"""Batches of one request in a row after which requests are predicted at once..."""
+DIRECT = 64
+"""...for this many requests, before batching is tried again."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,10 @@ class MicroBatcher:
         self._pending: list[tuple[Matrix, asyncio.Future[Matrix]]] = []
         self._rows = 0
         self._timer: asyncio.Handle | None = None
+        self._alone = 0  # batches of one request in a row
+        self._direct = 0  # requests still to predict at once
+        self.direct_requests = 0
+        """Requests predicted at once because batches were not forming (for tests)."""
 
     def __repr__(self) -> str:
         return f"MicroBatcher(max_batch={self.max_batch}, max_wait_ms={self.max_wait * 1000:g})"
@@ -103,6 +117,10 @@ class MicroBatcher:
         """The predictions of ``matrix`` (2-D), predicted with the requests beside it."""
         rows = len(matrix)
         if rows >= self.max_batch:
+            return self._call(matrix)
+        if self._direct:  # batches were not forming: no wait
+            self._direct -= 1
+            self.direct_requests += 1
             return self._call(matrix)
         if self._rows + rows > self.max_batch:
             self._flush()
@@ -134,6 +152,12 @@ class MicroBatcher:
         pending, self._pending, self._rows = self._pending, [], 0
         if not pending:
             return
+        if len(pending) == 1:
+            self._alone += 1
+            if self._alone >= ALONE:
+                self._alone, self._direct = 0, DIRECT
+        else:
+            self._alone = 0
         try:
             matrix = pending[0][0] if len(pending) == 1 else np.vstack([m for m, _ in pending])
             predictions = self._call(matrix)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.util
 import logging
 import os
@@ -166,6 +167,11 @@ def serve(
                 f"definitions; they have: {', '.join(sorted(entities))}."
             )
     url = online_url or settings.online_url or f"sqlite:///{settings.home / 'online.db'}"
+    # What is loaded now (models, libraries) lives as long as the server: out of the
+    # garbage collector's sight, a full collection scans only what requests made (tens of
+    # milliseconds less each), and forked workers do not copy pages by touching it.
+    gc.collect()
+    gc.freeze()
     sock = _bind(host, port)
     try:
         loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
