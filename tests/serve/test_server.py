@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,6 +101,45 @@ def test_the_server_answers_on_a_socket(home: Path, tmp_path: Path, workers: int
     assert {a.json()["model"] for a in answers} == {"toy"}
     assert bad.status_code == 400
     assert f"Serving toy@1 on {url} ({workers} worker(s))" in out
+
+
+@pytest.mark.services("redis")
+def test_workers_share_a_redis_cache_and_batch(home: Path, tmp_path: Path, redis_url: str) -> None:
+    process, url = _start(
+        home, tmp_path, "--workers", "2", "--cache-url", redis_url, "--batch-max", "8"
+    )
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            answers = [client.post("/predict", json={"x": 0.25, "city": "a"}) for _ in range(30)]
+            metrics = client.get("/metrics").text
+    finally:
+        _stop(process)
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.json()["predictions"][0] for a in answers}) == 1
+    hits = re.search(r'loopline_prediction_cache_lookups_total\{result="hit"\} (\d+)', metrics)
+    assert hits is not None
+    assert int(hits.group(1)) > 0
+
+
+def test_bad_cache_and_batch_settings_stop_the_server_before_it_listens(
+    home: Path, tmp_path: Path
+) -> None:
+    for args, message in (
+        (["--cache-url", "http://localhost:6379"], "redis:// URL"),
+        (["--cache-ttl", "0"], "cache-ttl"),
+        (["--batch-wait-ms", "5000"], "batch-wait-ms"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "loopline", "serve", "--port", "0", *args],
+            cwd=tmp_path,
+            env=_environment(home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr
 
 
 def test_serve_without_a_champion_says_what_to_do(tmp_path: Path) -> None:
