@@ -450,8 +450,10 @@ class _Server:
         rollout = self.rollouts.get(name) if version is None else None
         key = _predict_key(call.header, rows, rollout, request_id)
         encode: Callable[[ServedModel], _Encoded]
-        if self.views is None and len(rows) == 1:  # one row, every feature in it
+        if len(rows) == 1:  # one row: the request's fields, and its online features
             row = rows[0]
+            if self.views is not None:
+                row = {name: values[0] for name, values in (await self._features(rows, at)).items()}
 
             def encode(model: ServedModel) -> _Encoded:
                 bundle = model.bundle
