@@ -75,6 +75,19 @@ def _start(home: Path, tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str
     return process, f"http://{ready.read_text().strip()}"
 
 
+def _loopline(home: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``loopline ARGS`` run to its end in ``cwd``, on the workspace ``home``."""
+    return subprocess.run(
+        [sys.executable, "-m", "loopline", *args],
+        cwd=cwd,
+        env=_environment(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def _stop(process: subprocess.Popen[str]) -> str:
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=30)
@@ -129,29 +142,13 @@ def test_bad_cache_and_batch_settings_stop_the_server_before_it_listens(
         (["--cache-ttl", "0"], "cache-ttl"),
         (["--batch-wait-ms", "5000"], "batch-wait-ms"),
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "loopline", "serve", "--port", "0", *args],
-            cwd=tmp_path,
-            env=_environment(home),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = _loopline(home, tmp_path, "serve", "--port", "0", *args)
         assert done.returncode == 2, done.stderr
         assert message in done.stderr
 
 
 def test_serve_without_a_champion_says_what_to_do(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "loopline", "serve", "--port", "0"],
-        cwd=tmp_path,
-        env=_environment(tmp_path / "empty"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _loopline(tmp_path / "empty", tmp_path, "serve", "--port", "0")
     assert done.returncode == 2
     assert "No model to serve" in done.stderr
 
@@ -161,48 +158,22 @@ def test_loopline_predict_scores_a_file(home: Path, tmp_path: Path) -> None:
     rows = pl.DataFrame({"x": rng.normal(size=500), "city": rng.choice(["a", "b", "c"], 500)})
     rows.write_parquet(tmp_path / "rows.parquet")
     out = tmp_path / "scored.parquet"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loopline",
-            "predict",
-            "-m",
-            "toy",
-            "-i",
-            str(tmp_path / "rows.parquet"),
-            "-o",
-            str(out),
-            "--batch-rows",
-            "64",
-        ],
-        cwd=tmp_path,
-        env=_environment(home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    rows_file = str(tmp_path / "rows.parquet")
+    done = _loopline(
+        home,
+        tmp_path,
+        "predict",
+        "-m",
+        "toy",
+        "-i",
+        rows_file,
+        "-o",
+        str(out),
+        "--batch-rows",
+        "64",
     )
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loopline",
-            "predict",
-            "-m",
-            "toy@9",
-            "-i",
-            str(tmp_path / "rows.parquet"),
-            "-o",
-            str(tmp_path / "never.parquet"),
-        ],
-        cwd=tmp_path,
-        env=_environment(home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    never = str(tmp_path / "never.parquet")
+    again = _loopline(home, tmp_path, "predict", "-m", "toy@9", "-i", rows_file, "-o", never)
 
     assert done.returncode == 0, done.stderr
     assert "Scored 500 rows with toy@1" in done.stdout
