@@ -255,6 +255,7 @@ online_url = "sqlite:///online.db"
         ("LOOPLINE_ONLINE_URL", "redis://localhost:6379/0", "online_url", None),
         ("LOOPLINE_STREAM_URL", "nats://localhost:4222", "stream_url", None),
         ("LOOPLINE_ENGINE", "local", "engine", None),
+        ("LOOPLINE_ENGINE", "ray://head:10001", "engine", None),
     ],
 )
 def test_environment_variable_overrides_the_file(
@@ -446,8 +447,9 @@ def test_overrides_are_validated(project: Path) -> None:
     settings = Settings.load()
 
     assert settings.with_overrides(executor="processes").executor == "processes"
-    with pytest.raises(ConfigError, match="'engine' setting must be one of local"):
-        settings.with_overrides(engine="ray")
+    assert settings.with_overrides(engine="ray").engine == "ray"
+    with pytest.raises(ConfigError, match="'engine' setting must be 'local', 'ray'"):
+        settings.with_overrides(engine="dask")
 
 
 @pytest.mark.parametrize(
@@ -500,20 +502,47 @@ def test_section_that_is_not_a_table_is_a_config_error(
         Settings.load()
 
 
-@pytest.mark.parametrize("engine", ["ray", "ray://head:10001", "dask", ""])
-def test_engine_other_than_local_is_a_config_error(project: Path, engine: str) -> None:
+ENGINE_ERROR = (
+    "The 'engine' setting must be 'local', 'ray' (a Ray cluster started on this machine) "
+    "or 'ray://host:port' (join a running cluster, such as 'ray://head:10001'). Got {!r}."
+)
+
+
+@pytest.mark.parametrize("engine", ["local", "ray", "ray://head:10001", "ray://10.0.0.7:6379"])
+def test_engine_is_local_ray_or_a_ray_address(project: Path, engine: str) -> None:
+    write_config(project, f'[loopline]\nengine = "{engine}"\n')
+
+    assert Settings.load().engine == engine
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "ray:/x",
+        "ray://",
+        "ray://head",
+        "ray://head:port",
+        "ray://:10001",
+        "ray://h:0",
+        "ray://h:10001/x",
+        "Ray",
+        "dask",
+        "",
+    ],
+)
+def test_any_other_engine_is_a_config_error(project: Path, engine: str) -> None:
     write_config(project, f'[loopline]\nengine = "{engine}"\n')
 
     with pytest.raises(ConfigError) as info:
         Settings.load()
 
-    assert str(info.value) == f"The 'engine' setting must be one of local. Got {engine!r}."
+    assert str(info.value) == ENGINE_ERROR.format(engine)
 
 
 def test_engine_from_the_environment_is_checked_too(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LOOPLINE_ENGINE", "ray")
+    monkeypatch.setenv("LOOPLINE_ENGINE", "ray:/x")
 
-    with pytest.raises(ConfigError, match=re.escape("must be one of local. Got 'ray'")):
+    with pytest.raises(ConfigError, match=re.escape("Got 'ray:/x'")):
         Settings.load()

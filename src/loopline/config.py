@@ -27,7 +27,6 @@ __all__ = ["CONFIG_FILE", "Settings", "find_config", "render_default_config"]
 
 CONFIG_FILE = "loopline.toml"
 
-_ENGINES = ("local",)
 _EXECUTORS = ("threads", "processes")
 
 
@@ -42,8 +41,11 @@ class Settings:
     artifact_url: str
     """fsspec URL or path of the content-addressed artifact store."""
     engine: str = "local"
+    """Where steps run: ``local`` (this process, with ``executor``), ``ray`` (a Ray cluster
+    started on this machine) or ``ray://host:port`` (a running Ray cluster, joined)."""
     executor: str = "threads"
     max_workers: int = 4
+    """How many steps may run at once: the pool's size, or the CPUs of a local Ray cluster."""
     online_url: str | None = None
     """Online feature store URL (used by the features layer)."""
     stream_url: str | None = None
@@ -133,10 +135,7 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if self.engine not in _ENGINES:
-            raise ConfigError(
-                f"The 'engine' setting must be one of {', '.join(_ENGINES)}. Got {self.engine!r}."
-            )
+        _check_engine(self.engine)
         if self.executor not in _EXECUTORS:
             raise ConfigError(
                 f"The 'executor' setting must be one of {', '.join(_EXECUTORS)}. "
@@ -197,6 +196,20 @@ def _check_type(name: str, value: Any, path: Path | None) -> None:
         )
 
 
+def _check_engine(engine: str) -> None:
+    if engine in ("local", "ray"):
+        return
+    host, _, port = engine.removeprefix("ray://").rpartition(":")
+    address = engine.startswith("ray://") and bool(host) and "/" not in host
+    if address and port.isdigit() and 0 < int(port) < 65536:
+        return
+    raise ConfigError(
+        f"The 'engine' setting must be 'local', 'ray' (a Ray cluster started on this "
+        f"machine) or 'ray://host:port' (join a running cluster, such as "
+        f"'ray://head:10001'). Got {engine!r}."
+    )
+
+
 def _did_you_mean(name: str, choices: set[str]) -> str:
     close = difflib.get_close_matches(name, sorted(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -249,7 +262,11 @@ metadata_url = "sqlite:///.loopline/metadata.db"
 #   GCS:    gs://bucket/loopline   (pip install gcsfs)
 artifact_url = ".loopline/artifacts"
 
-# Compute engine: "local" runs steps on this machine with the executor below.
+# Compute engine: where steps run.
+#   "local":            this machine, with the executor below
+#   "ray":              a Ray cluster started on this machine for the run
+#                       (pip install 'loopline[ray]'; max_workers is its CPU count)
+#   "ray://head:10001": join a running Ray cluster through its client server
 engine = "local"
 
 # Local executor: "threads" (default) or "processes" (for CPU-bound pure-Python steps).

@@ -3,8 +3,8 @@
 A ``StepTask`` names the pipeline (by its source), the step, the content hashes of its
 inputs and its parameters; the step reads its inputs from the artifact store and writes
 its output there. Nothing passes through shared memory, so an executor can run a task
-in this thread pool, in another process or, later, on another machine. An executor is
-anything with ``submit(task) -> Future[StepResult]`` and ``shutdown()``.
+in this thread pool, in another process or on a Ray cluster (``ray_executor``). An
+executor is anything with ``submit(task) -> Future[StepResult]`` and ``shutdown()``.
 
 Examples
 --------
@@ -125,7 +125,18 @@ class ProcessExecutor(_PoolExecutor):
         )
 
 
-def make_executor(kind: str, max_workers: int) -> ThreadExecutor | ProcessExecutor:
+def make_executor(kind: str, max_workers: int, *, engine: str = "local") -> Executor:
+    """The executor for the ``engine`` setting; for ``local``, the ``kind`` of pool."""
+    if engine == "ray" or engine.startswith("ray://"):
+        # Imported here: Ray is an optional extra, and slow to import.
+        from loopline.pipeline.ray_executor import RayExecutor
+
+        address = None if engine == "ray" else engine
+        return RayExecutor(address=address, num_cpus=max_workers)
+    if engine != "local":
+        raise LooplineError(
+            f"The 'engine' setting must be 'local', 'ray' or 'ray://host:port'. Got {engine!r}."
+        )
     if kind == "threads":
         return ThreadExecutor(max_workers)
     if kind == "processes":

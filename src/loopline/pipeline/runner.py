@@ -142,6 +142,7 @@ class Runner:
         options = {
             "params": {k: param_value(v) for k, v in cli.items()},
             "no_cache": no_cache,
+            "engine": self.settings.engine,
             "executor": executor or self.settings.executor,
             "max_workers": max_workers or self.settings.max_workers,
         }
@@ -171,6 +172,8 @@ class Runner:
         pipeline = load_pipeline(parent.source)
         register_pipeline(pipeline)
         options = dict(parent.options)
+        # Where this run's steps run is this deployment's choice, not the parent's.
+        options["engine"] = self.settings.engine
         options["executor"] = executor or options.get("executor") or self.settings.executor
         options["max_workers"] = (
             max_workers or options.get("max_workers") or self.settings.max_workers
@@ -239,9 +242,11 @@ class Runner:
         reuse: Mapping[str, tuple[ArtifactRecord, str]],
     ) -> RunResult:
         kind = str(options["executor"])
-        if kind == "processes" and pipeline.source.startswith("<"):
+        engine = str(options.get("engine", "local"))
+        if (kind == "processes" or engine != "local") and pipeline.source.startswith("<"):
+            where = "processes executor" if engine == "local" else f"{engine!r} engine"
             raise PipelineDefinitionError(
-                f"The processes executor loads the pipeline again in each worker, so it "
+                f"The {where} loads the pipeline again in each worker, so it "
                 f"needs a pipeline file or module; {pipeline.name!r} was built in memory.",
             )
         started = time.time()
@@ -277,7 +282,14 @@ class Runner:
                         run_id=run_id, step=down, status="skipped", duration=0.0, error=None
                     )
 
-        pool = make_executor(kind, int(options["max_workers"]))
+        try:
+            pool = make_executor(kind, int(options["max_workers"]), engine=engine)
+        except BaseException as exc:
+            # A cluster that cannot start or be joined ends the run before any step.
+            ended = "failed" if isinstance(exc, Exception) else "interrupted"
+            self.metadata.finish_run(run_id, ended, error=str(exc) or type(exc).__name__)
+            self.reporter.run_finished(run_id=run_id, status=ended, duration=time.time() - started)
+            raise
         try:
             while ready or running:
                 while ready:

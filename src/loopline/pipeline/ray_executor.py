@@ -1,0 +1,125 @@
+"""The Ray executor: each step's attempts run as one Ray task (``engine = "ray"``).
+
+A task is ``run_task`` itself: the worker loads the pipeline from its source, reads the
+step's inputs from the artifact store, runs its attempts (loopline's own retries and
+timeout) and writes its output back there, so only the small ``StepResult`` returns to
+the driver. Ray's part of fault tolerance is the worker: a task whose worker process
+dies is run again (``max_retries``); an exception is never retried by Ray, since
+``run_task`` reports a step's failures in its result instead of raising them.
+
+``engine = "ray"`` starts a Ray cluster on this machine for the run (``max_workers``
+CPUs, one per step) and stops it afterwards; ``ray://host:port`` joins a running
+cluster through its client server and only disconnects. A Ray connection this process
+already has (``ray.init`` called by the caller) is used as it is and left open.
+
+Ray is imported when an executor is made, so loopline imports without it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any
+
+from loopline.errors import ConfigError, PipelineError
+from loopline.pipeline.executor import StepResult, StepTask, run_task
+
+__all__ = ["WORKER_RETRIES", "RayExecutor"]
+
+WORKER_RETRIES = 3
+"""How often Ray runs a task again when its worker process dies (a crash, OOM kill)."""
+
+
+class RayExecutor:
+    """Steps as Ray tasks, on a cluster started here (``address=None``) or joined.
+
+    Parameters
+    ----------
+    address
+        ``None`` for a cluster on this machine, or ``ray://host:port`` to join one.
+    num_cpus
+        CPUs of a cluster started here (default: every CPU); one step takes one.
+    """
+
+    def __init__(self, *, address: str | None = None, num_cpus: int | None = None) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        ray = _import_ray()
+        self._connected = not ray.is_initialized()
+        if self._connected:
+            _connect(ray, address, num_cpus)
+        self._ray = ray
+        self._remote = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES, retry_exceptions=False)(
+            run_task
+        )
+        self._pending: dict[Future[StepResult], Any] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, task: StepTask) -> Future[StepResult]:
+        ref = self._remote.options(name=f"loopline:{task.step}").remote(task)
+        future: Future[StepResult] = ref.future()
+        with self._lock:
+            self._pending[future] = ref
+        future.add_done_callback(self._forget)
+        return future
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        with self._lock:
+            refs = list(self._pending.values())
+        if refs and cancel:
+            for ref in refs:
+                self._ray.cancel(ref)
+        elif refs:
+            self._ray.wait(refs, num_returns=len(refs))
+        if self._connected:
+            # For a cluster started here this stops it; for a joined one it disconnects.
+            self._ray.shutdown()
+            self._connected = False
+
+    def _forget(self, future: Future[StepResult]) -> None:
+        with self._lock:
+            self._pending.pop(future, None)
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown(cancel=exc is not None)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(
+            "The 'ray' engine needs Ray: pip install 'loopline[ray]', or set engine = "
+            '"local" in loopline.toml (or LOOPLINE_ENGINE=local).',
+        ) from exc
+    return ray
+
+
+def _connect(ray: Any, address: str | None, num_cpus: int | None) -> None:
+    if address is None:
+        ray.init(
+            # "local": a new cluster, even where 'ray start' left one running here.
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+        return
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, TimeoutError, RuntimeError) as exc:
+        raise PipelineError(
+            f"Cannot join the Ray cluster at {address}: {exc}. Check that it runs ('ray "
+            f"status' on its head node) and that its client server listens on that port "
+            f"(10001 unless 'ray start --ray-client-server-port' says otherwise).",
+        ) from exc
