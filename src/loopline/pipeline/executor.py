@@ -20,11 +20,12 @@ import multiprocessing
 import threading
 import time
 import traceback
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from loopline.data.workspace import Workspace, artifact_store, use_workspace
 from loopline.errors import LooplineError, StepTimeoutError
@@ -87,17 +88,14 @@ class Executor(Protocol):
     def shutdown(self, *, cancel: bool = False) -> None: ...
 
 
-class _PoolExecutor:
-    _pool: ThreadPoolExecutor | ProcessPoolExecutor
+class ShutsDown(ABC):
+    """``with executor:``: shut down on leaving, cancelling what is queued on an error."""
 
-    def submit(self, task: StepTask) -> Future[StepResult]:
-        return self._pool.submit(run_task, task)
-
+    @abstractmethod
     def shutdown(self, *, cancel: bool = False) -> None:
-        # Threads cannot be killed: a cancelled run stops queued steps, not running ones.
-        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        """Wait for the submitted tasks (or, with ``cancel``, drop the queued ones)."""
 
-    def __enter__(self) -> _PoolExecutor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -107,6 +105,17 @@ class _PoolExecutor:
         tb: TracebackType | None,
     ) -> None:
         self.shutdown(cancel=exc is not None)
+
+
+class _PoolExecutor(ShutsDown):
+    _pool: ThreadPoolExecutor | ProcessPoolExecutor
+
+    def submit(self, task: StepTask) -> Future[StepResult]:
+        return self._pool.submit(run_task, task)
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        # Threads cannot be killed: a cancelled run stops queued steps, not running ones.
+        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
 class ThreadExecutor(_PoolExecutor):

@@ -20,11 +20,10 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future
-from types import TracebackType
 from typing import Any
 
 from loopline.errors import ConfigError, PipelineError
-from loopline.pipeline.executor import StepResult, StepTask, run_task
+from loopline.pipeline.executor import ShutsDown, StepResult, StepTask, run_task
 
 __all__ = ["WORKER_RETRIES", "RayExecutor"]
 
@@ -32,7 +31,7 @@ WORKER_RETRIES = 3
 """How often Ray runs a task again when its worker process dies (a crash, OOM kill)."""
 
 
-class RayExecutor:
+class RayExecutor(ShutsDown):
     """Steps as Ray tasks, on a cluster started here (``address=None``) or joined.
 
     Parameters
@@ -81,17 +80,6 @@ class RayExecutor:
     def _forget(self, future: Future[StepResult]) -> None:
         with self._lock:
             self._pending.pop(future, None)
-
-    def __enter__(self) -> RayExecutor:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.shutdown(cancel=exc is not None)
 
 
 def _import_ray() -> Any:
