@@ -1,6 +1,6 @@
 """The Ray engine: the same outputs, failures and cache as the local executor.
 
-One local Ray cluster (two CPUs) serves the whole module: starting one takes seconds.
+One local Ray cluster (two CPUs, ``ray_cluster``) serves the session: starting one takes seconds.
 The runner finds Ray already connected and leaves the connection open after each run.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +70,6 @@ def where() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def pipeline_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ray-pipeline") / "small.py"
     path.write_text(PIPELINE)
@@ -109,7 +101,7 @@ def run_both(
     return runs[0], runs[1]
 
 
-@pytest.mark.usefixtures("cluster")
+@pytest.mark.usefixtures("ray_cluster")
 def test_ray_stores_the_same_outputs_as_the_local_executor(
     tmp_path: Path, pipeline_file: Path
 ) -> None:
@@ -129,7 +121,7 @@ def test_ray_stores_the_same_outputs_as_the_local_executor(
         assert [(a.number, a.status) for a in attempts] == [(1, "failed"), (2, "succeeded")]
 
 
-@pytest.mark.usefixtures("cluster")
+@pytest.mark.usefixtures("ray_cluster")
 def test_a_failing_step_fails_as_it_does_locally(tmp_path: Path, pipeline_file: Path) -> None:
     (local, on_local), (remote, on_ray) = run_both(tmp_path, pipeline_file, {"n": "20"})
     with local, remote:
@@ -142,7 +134,7 @@ def test_a_failing_step_fails_as_it_does_locally(tmp_path: Path, pipeline_file: 
         assert hashes(remote, on_ray) == hashes(local, on_local)
 
 
-@pytest.mark.usefixtures("cluster")
+@pytest.mark.usefixtures("ray_cluster")
 def test_a_second_run_on_ray_is_answered_from_the_cache(
     tmp_path: Path, pipeline_file: Path
 ) -> None:
@@ -159,7 +151,7 @@ def test_a_second_run_on_ray_is_answered_from_the_cache(
         assert {r.status for n, r in again.steps.items() if n != "where"} == {"cached"}
 
 
-@pytest.mark.usefixtures("cluster")
+@pytest.mark.usefixtures("ray_cluster")
 def test_a_crashed_worker_is_replaced_and_the_step_run_again(tmp_path: Path) -> None:
     path = tmp_path / "crash.py"
     path.write_text(
@@ -185,7 +177,7 @@ def test_a_crashed_worker_is_replaced_and_the_step_run_again(tmp_path: Path) -> 
         assert runner.output(result.run_id, "crashes_once") == "survived"
 
 
-@pytest.mark.usefixtures("cluster")
+@pytest.mark.usefixtures("ray_cluster")
 def test_an_executor_made_while_ray_is_connected_leaves_it_connected() -> None:
     executor = make_executor("threads", 2, engine="ray")
     assert isinstance(executor, RayExecutor)

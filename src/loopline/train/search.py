@@ -852,6 +852,108 @@ def _close_storage(storage: optuna.storages.BaseStorage) -> None:
         storage.engine.dispose()
 
 
+def _search_in_parallel(
+    one: Callable[[], SearchResult], url: str, workers: int, engine: str | None
+) -> SearchResult:
+    """Run ``one`` (a search with one worker) in ``workers`` places at once on one study,
+    and return the study as it ends, with every worker's new trials counted."""
+    if url == "sqlite://" or url.startswith("sqlite:///:memory:"):
+        raise TrainingError(
+            "A search with several workers needs a study database they all reach; an "
+            "in-memory 'sqlite://' is this process's alone. Give a file or PostgreSQL "
+            "storage (the workspace's metadata database by default)."
+        )
+    if engine is None:
+        from loopline.config import Settings
+
+        engine = Settings.load().engine
+    started = time.monotonic()
+    others = workers - 1
+    if engine == "ray" or engine.startswith("ray://") or _ray_connected():
+        results = _on_ray(one, others, None if engine in ("ray", "local") else engine)
+    else:
+        results = _forked(one, others)
+    # The worker that finished last saw every trial in its final state.
+    last = max(results, key=lambda r: len(r.trials))
+    return SearchResult(
+        study=last.study,
+        storage=last.storage,
+        direction=last.direction,
+        best_trial=last.best_trial,
+        best_value=last.best_value,
+        best_params=last.best_params,
+        trials=last.trials,
+        new_trials=sum(r.new_trials for r in results),
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def _ray_connected() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return bool(ray.is_initialized())
+
+
+def _on_ray(
+    one: Callable[[], SearchResult], others: int, address: str | None
+) -> list[SearchResult]:
+    """``one`` here and as ``others`` Ray tasks (joining ``address``, or a cluster this
+    process is connected to, or a new local one)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise TrainingError(
+            "A search on the 'ray' engine needs Ray: pip install 'loopline[ray]'."
+        ) from exc
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=2)(one)
+        refs = [remote.remote() for _ in range(others)]
+        results = [one()]
+        results += ray.get(refs)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return results
+
+
+def _forked(one: Callable[[], SearchResult], others: int) -> list[SearchResult]:
+    """``one`` here and in ``others`` forked processes, which leave their results in files
+    (a pipe would fill and block a worker whose result is large)."""
+    import multiprocessing
+    import pickle
+    import tempfile
+    from pathlib import Path
+
+    context = multiprocessing.get_context("fork")
+    with tempfile.TemporaryDirectory(prefix="loopline-search-") as folder:
+        files = [Path(folder) / f"worker-{n}.pickle" for n in range(others)]
+
+        def worker(path: Path) -> None:
+            path.write_bytes(pickle.dumps(one()))
+
+        processes = [context.Process(target=worker, args=(path,)) for path in files]
+        for process in processes:
+            process.start()
+        try:
+            results = [one()]
+        finally:
+            for process in processes:
+                process.join()
+        failed = [p.exitcode for p in processes if p.exitcode != 0]
+        if failed:
+            raise TrainingError(
+                f"{len(failed)} of the search's {others + 1} workers failed (exit codes "
+                f"{failed}); the trials that finished are in the study, and running the "
+                f"search again goes on from there."
+            )
+        return results + [pickle.loads(path.read_bytes()) for path in files]
+
+
 def _check_arguments(
     objective: object,
     space: object,
@@ -993,6 +1095,8 @@ def search(
     timeout: float | None = None,
     seed: int = 0,
     pruning: bool | MedianPruning = True,
+    workers: int = 1,
+    engine: str | None = None,
 ) -> SearchResult:
     """Search ``space`` for the parameters that optimize ``objective``.
 
@@ -1023,6 +1127,14 @@ def search(
     pruning
         True for median pruning with its defaults, a ``MedianPruning`` to tune it,
         False for none.
+    workers
+        How many trial loops share the study at once: this call runs one, and the
+        others run as Ray tasks (``engine`` ``ray`` or ``ray://host:port``, or when this
+        process is connected to Ray already) or as forked processes (``local``). Each
+        draws its own trials (seeded by trial number) and stops when the study holds
+        ``n_trials``; the storage must be a database they all reach (not ``sqlite://``).
+    engine
+        Where the other workers run; default, the ``engine`` setting.
 
     Returns
     -------
@@ -1040,6 +1152,27 @@ def search(
     direction = _check_arguments(
         objective, space, study, direction, n_trials, timeout, seed, pruning
     )
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise TrainingError(
+            f"The 'workers' of search must be a positive number of trial loops. Got {workers!r}."
+        )
+    if workers > 1:
+        return _search_in_parallel(
+            lambda: search(
+                objective,
+                space,
+                study=study,
+                storage=url,
+                direction=direction,
+                n_trials=n_trials,
+                timeout=timeout,
+                seed=seed,
+                pruning=pruning,
+            ),
+            url := storage if storage is not None else _workspace_metadata_url(),
+            workers,
+            engine,
+        )
     import optuna
     from optuna.trial import TrialState
 
