@@ -24,6 +24,7 @@ MODULES = (
     "train",
     "serve",
     "batch_predict",
+    "ray_overhead",
 )
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
