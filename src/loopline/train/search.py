@@ -56,7 +56,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
@@ -875,14 +875,8 @@ def _search_in_parallel(
         results = _forked(one, others)
     # The worker that finished last saw every trial in its final state.
     last = max(results, key=lambda r: len(r.trials))
-    return SearchResult(
-        study=last.study,
-        storage=last.storage,
-        direction=last.direction,
-        best_trial=last.best_trial,
-        best_value=last.best_value,
-        best_params=last.best_params,
-        trials=last.trials,
+    return replace(
+        last,
         new_trials=sum(r.new_trials for r in results),
         elapsed_s=time.monotonic() - started,
     )
