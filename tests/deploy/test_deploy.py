@@ -257,7 +257,7 @@ def test_probes_and_scrape_annotations_point_at_the_app(serving: tuple[Any, str]
     # Parsed by the real CLI: an unknown option or a bad value fails here.
     params = _serve_command().make_context("serve", args[2:]).params
     assert (params["host"], params["port"]) == ("0.0.0.0", ports["http"])
-    # One worker per pod: each scrape then sees all of its pod's counters.
+    # One worker per pod: the pods' replicas are what scales.
     assert params["workers"] == 1
 
 

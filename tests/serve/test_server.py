@@ -116,6 +116,26 @@ def test_the_server_answers_on_a_socket(home: Path, tmp_path: Path, workers: int
     assert f"Serving toy@1 on {url} ({workers} worker(s))" in out
 
 
+def test_metrics_add_up_every_worker(home: Path, tmp_path: Path) -> None:
+    """With two workers, each scrape reaches one of them; it shows the sum of both."""
+    process, url = _start(home, tmp_path, "--workers", "2")
+    try:
+        for i in range(30):  # a new connection each: the kernel spreads them over the workers
+            row = {"x": float(i) / 10, "city": "ab"[i % 2]}
+            assert httpx.post(f"{url}/predict", json=row, timeout=10).status_code == 200
+        scrapes = [httpx.get(f"{url}/metrics", timeout=10).text for _ in range(6)]
+    finally:
+        _stop(process)
+    for text in scrapes:
+        assert 'loopline_predictions_total{model="toy",version="1"} 30.0' in text
+        assert 'loopline_prediction_cache_lookups_total{result="miss"} 30.0' in text
+        assert 'loopline_model_loaded{current="true",model="toy",version="1"} 1.0' in text
+    assert re.search(
+        r'loopline_request_seconds_count\{model="toy",route="predict",version="1"\} 30.0',
+        scrapes[0],
+    )
+
+
 @pytest.mark.services("redis")
 def test_workers_share_a_redis_cache_and_batch(home: Path, tmp_path: Path, redis_url: str) -> None:
     process, url = _start(

@@ -221,6 +221,7 @@ class _Server:
         prediction_log: PredictionLog | None = None,
         cache: PredictionCache | None = None,
         batching: Batching | None = None,
+        metrics_dir: str | None = None,
     ) -> None:
         self.repository = repository
         self.cache = cache
@@ -232,7 +233,7 @@ class _Server:
         self.views = list(views) if views else None
         self.online = online
         self.max_body_bytes = int(max_body_bytes)
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(metrics_dir)
         self.default = repository.names[0]
         self._counters: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._batch_sizes: dict[str, Callable[[int], None]] = {}
@@ -737,6 +738,7 @@ def create_app(
     prediction_log: PredictionLog | None = None,
     cache: PredictionCache | None = None,
     batching: Batching | None = None,
+    metrics_dir: str | None = None,
 ) -> ServingApp:
     """The serving app over ``repository`` (see the module docstring).
 
@@ -776,6 +778,9 @@ def create_app(
     batching
         Micro-batching of concurrent requests (``loopline.serve.batching``); None: each
         request is its own model call.
+    metrics_dir
+        With several worker processes, the folder of prometheus_client's multi-process
+        mode (``loopline.serve.metrics``): ``/metrics`` adds up every worker's values.
     """
     server = _Server(
         repository,
@@ -788,11 +793,31 @@ def create_app(
         prediction_log=prediction_log,
         cache=cache,
         batching=batching,
+        metrics_dir=metrics_dir,
     )
-    if prediction_log is not None:
-        server.metrics.registry.register(PredictionLogCollector(prediction_log))
-    if cache is not None:
-        server.metrics.registry.register(PredictionCacheCollector(cache))
+    metrics = server.metrics
+    if metrics_dir is None:  # read from the objects when scraped
+        if prediction_log is not None:
+            metrics.registry.register(PredictionLogCollector(prediction_log))
+        if cache is not None:
+            metrics.registry.register(PredictionCacheCollector(cache))
+    else:  # counted as they happen, in files every worker adds to
+        if prediction_log is not None:
+            prediction_log.counted = metrics.counter(
+                "loopline_prediction_log_rows",
+                "Prediction rows the log wrote, or dropped (full queue, bad record, failed write).",
+                "outcome",
+            )
+            prediction_log.failed = metrics.counter(
+                "loopline_prediction_log_failed_writes",
+                "Prediction log parts that could not be written.",
+            )
+        if cache is not None:
+            cache.counted = metrics.counter(
+                "loopline_prediction_cache_lookups",
+                "Prediction cache lookups, by result.",
+                "result",
+            )
     if views and online_store is None:
         from loopline.features.materialize import online_store as configured
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -75,6 +75,9 @@ class PredictionCache:
     """
 
     url = "memory"
+    counted: Callable[[str, float], None] | None = None
+    """Called with ``hit``, ``miss`` or ``error`` on each lookup, when set (the server's
+    counters in multi-process mode)."""
 
     def __init__(self, max_entries: int = 10_000) -> None:
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
@@ -98,10 +101,16 @@ class PredictionCache:
         found = self._entries.get(key)
         if found is None:
             self.misses += 1
+            self._count("miss")
             return None
         self._entries.move_to_end(key)
         self.hits += 1
+        self._count("hit")
         return found
+
+    def _count(self, result: str) -> None:
+        if self.counted is not None:
+            self.counted(result, 1)
 
     async def put(self, key: bytes, predictions: npt.NDArray[np.float64]) -> None:
         """Keep ``predictions`` under ``key`` (a copy, read-only)."""
@@ -177,8 +186,10 @@ class RedisPredictionCache(PredictionCache):
             return None
         if not isinstance(raw, bytes) or len(raw) % 8:
             self.misses += 1
+            self._count("miss")
             return None
         self.hits += 1
+        self._count("hit")
         return np.frombuffer(raw, dtype=np.float64)
 
     async def put(self, key: bytes, predictions: npt.NDArray[np.float64]) -> None:
@@ -190,6 +201,7 @@ class RedisPredictionCache(PredictionCache):
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.errors += 1
+        self._count("error")
         if self.errors == 1 or self.errors % 1000 == 0:
             log.warning(
                 "prediction cache: cannot %s %s (%d failure(s) so far): %r",

@@ -68,7 +68,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
@@ -210,6 +210,11 @@ class PredictionLog:
     written_rows: int
     dropped_rows: int
     failed_writes: int
+    counted: Callable[[str, float], None] | None = None
+    """Called with ``written`` or ``dropped`` and a row count, when set (the server's
+    counters in multi-process mode)."""
+    failed: Callable[[str, float], None] | None = None
+    """Called on each part that could not be written, when set."""
 
     def __init__(
         self,
@@ -336,6 +341,8 @@ class PredictionLog:
     def _drop(self, rows: int) -> None:
         with self._count_lock:  # callers drop from many threads at once
             self.dropped_rows += rows
+        if self.counted is not None:
+            self.counted("dropped", rows)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every row logged before this call is written (or dropped).
@@ -463,9 +470,13 @@ class PredictionLog:
                     self.url,
                 )
                 self.failed_writes += 1
+                if self.failed is not None:
+                    self.failed("", 1)
                 self._drop(rows)
                 continue
             self.written_rows += rows
+            if self.counted is not None:
+                self.counted("written", rows)
 
     def _warn_drops(self) -> None:
         dropped = self.dropped_rows

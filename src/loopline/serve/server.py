@@ -19,9 +19,11 @@ import gc
 import importlib.util
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -187,7 +189,11 @@ def serve(
             else prediction_log
         )
 
+        metrics_dir = None if workers == 1 else tempfile.mkdtemp(prefix="loopline-metrics-")
+
         def run() -> None:
+            if metrics_dir is not None:
+                _multiprocess_metrics(metrics_dir)
             # Made here, after the fork: each worker has its own writer thread.
             predictions = None if log_url is None else PredictionLog(log_url)
             cache = open_cache(cache_size, cache_url, cache_ttl)
@@ -204,6 +210,7 @@ def serve(
                 prediction_log=predictions,
                 cache=cache,
                 batching=batching,
+                metrics_dir=metrics_dir,
             )
             config = uvicorn.Config(
                 app,
@@ -219,9 +226,22 @@ def serve(
         if workers == 1:
             run()
             return
-        _fork_workers(run, workers)
+        try:
+            _fork_workers(run, workers)
+        finally:
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
     finally:
         sock.close()
+
+
+def _multiprocess_metrics(folder: str) -> None:
+    """Switch this worker's metrics to prometheus_client's multi-process mode: values in
+    files under ``folder``, added up over every worker when scraped."""
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 def _fork_workers(run: Any, workers: int) -> None:
