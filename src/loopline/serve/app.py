@@ -403,12 +403,10 @@ class _Server:
         if one is not None:  # one JSON value per feature: no tensors to build
             sent_id, row = one
 
-            def encode_row(model: ServedModel) -> _Encoded:
-                bundle = model.bundle
-                return bundle.preprocessor.transform_row(row), RowFeatures(bundle.features, row), 1
-
             request_id = sent_id or _request_id()
-            model, predictions, _ = await self._answer(main, None, "", encode_row, request_id)
+            model, predictions, _ = await self._answer(
+                main, None, "", _row_encoder(row), request_id
+            )
             output = Tensor(model.output, "FP64", (1,), predictions)
             content, headers = encode_infer_response(
                 model_name=model.name,
@@ -455,12 +453,7 @@ class _Server:
             row = rows[0]
             if self.views is not None:
                 row = {name: values[0] for name, values in (await self._features(rows, at)).items()}
-
-            def encode(model: ServedModel) -> _Encoded:
-                bundle = model.bundle
-                features = RowFeatures(bundle.features, row)
-                return bundle.preprocessor.transform_row(row), features, 1
-
+            encode = _row_encoder(row)
         else:
             frame = await self._request_frame(rows, at)
 
@@ -905,6 +898,17 @@ async def _follow(server: _Server, every: float) -> None:
 
 
 # -- requests -------------------------------------------------------------------------------
+
+
+def _row_encoder(row: Mapping[str, Any]) -> Callable[[ServedModel], _Encoded]:
+    """How one row (every feature in it) is encoded for a model: the one-row plan, and
+    the row's features as the prediction log takes them."""
+
+    def encode(model: ServedModel) -> _Encoded:
+        bundle = model.bundle
+        return bundle.preprocessor.transform_row(row), RowFeatures(bundle.features, row), 1
+
+    return encode
 
 
 def _columns(model: ServedModel, request: InferRequest) -> tuple[dict[str, Any], int]:
