@@ -386,7 +386,14 @@ def test_query_is_a_fingerprinted_parameter_that_pickles() -> None:
 
 
 _LAYOUT = st.lists(st.sampled_from([" ", "  ", "\n", "\t", " -- note\n", " /* c */ "]), min_size=4)
-_LITERAL = st.text(alphabet=st.characters(blacklist_characters="'\x00"), max_size=8)
+_LITERAL = st.text(
+    alphabet=st.characters(blacklist_characters="'\x00", blacklist_categories=("Cs",)), max_size=8
+)
+
+
+def test_sql_that_is_not_valid_unicode_is_refused() -> None:
+    with pytest.raises(SourceError, match="not valid Unicode"):
+        Query("sqlite:///unused.db", "SELECT '\ud800'")
 
 
 @settings(max_examples=60, deadline=None)

@@ -120,6 +120,14 @@ class Query:
                 f"'SELECT * FROM orders'. Got {sql!r}.",
                 url=_redact_url(url),
             )
+        try:
+            sql.encode()
+        except UnicodeEncodeError as exc:
+            raise SourceError(
+                f"The 'sql' parameter of Query holds text that is not valid Unicode "
+                f"({exc.reason} at character {exc.start + 1}); a database cannot be sent it.",
+                url=_redact_url(url),
+            ) from exc
         if tables is not None and (
             isinstance(tables, str) or not all(isinstance(t, str) and t.strip() for t in tables)
         ):
