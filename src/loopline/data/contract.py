@@ -422,7 +422,12 @@ class Freshness:
         if not isinstance(self.column, str) or not self.column:
             _bad_param("Freshness", "column", "a column name", self.column)
         if not isinstance(self.max_age, timedelta) or self.max_age <= timedelta(0):
-            _bad_param("Freshness", "max_age", "a positive duration such as '2d'", self.max_age)
+            _bad_param(
+                "Freshness",
+                "max_age",
+                "a positive timedelta such as timedelta(days=2)",
+                self.max_age,
+            )
 
 
 @dataclass(frozen=True)
@@ -1140,6 +1145,43 @@ class Validator:
         self._types: dict[pa.Schema, dict[str, pl.DataType]] = {}
         self._plans: dict[tuple[pa.Schema, frozenset[str]], _Plan] = {}
         self._keysets = [_KeySet() for _ in contract.keys]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The plans are a cache (Polars expressions per input schema): rebuilt on demand.
+        return {**self.__dict__, "_types": {}, "_plans": {}}
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether validators of separate partitions can ``merge``: no uniqueness keys,
+        whose first-row-wins rule needs the rows of every earlier partition."""
+        return not self._keysets
+
+    def merge(self, other: Validator) -> None:
+        """Add the state of ``other``, which checked the partitions that follow this one's.
+
+        The counts add up, the first example of each violation is kept and the newest
+        event wins, so checking partitions apart and merging them in source order gives
+        the summary one validator gives in one pass.
+        """
+        if not (self.mergeable and other.mergeable) or (
+            other.contract.fingerprint() != self.contract.fingerprint()
+        ):
+            raise ValueError(
+                f"Validators of contract {self.contract.name!r} merge only when they check "
+                f"the same contract and it has no uniqueness keys."
+            )
+        self.rows_read_ += other.rows_read_
+        self.rows_passed_ += other.rows_passed_
+        self.rows_quarantined_ += other.rows_quarantined_
+        for rule, count in other.rule_counts_.items():
+            self.rule_counts_[rule] = self.rule_counts_.get(rule, 0) + count
+        for key, count in other.violation_counts_.items():
+            self.violation_counts_[key] = self.violation_counts_.get(key, 0) + count
+        for key, example in other.examples_.items():
+            self.examples_.setdefault(key, example)
+        if other.newest_ is not None and (self.newest_ is None or other.newest_ > self.newest_):
+            self.newest_ = other.newest_
+        self.schema_changes_ = self.schema_changes_.merge(other.schema_changes_)
 
     def check(self, chunk: Chunk) -> Checked:
         """Split ``chunk`` into passed rows and quarantine rows.

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import importlib
 import io
 import queue
 import threading
@@ -50,6 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loopline.data.contract import Contract
+from loopline.data.parallel import map_partitions, on_ray
 from loopline.data.profile import Profile, profile_table
 from loopline.data.sources.base import (
     LOCATION,
@@ -140,9 +142,9 @@ def ingest(
     parts: list[DatasetPartRecord] = list(kept)
     stored: dict[str, Profile] = {}
     cursor_value = previous.cursor if appending and previous is not None else None
-    read = reused = 0
-    for partition in partitions:
-        position = len(parts)
+    todo: list[tuple[int, Partition]] = []
+    reused = 0
+    for position, partition in enumerate(partitions, start=len(kept)):
         old = reusable.get(partition.key)
         if (
             old is not None
@@ -151,14 +153,16 @@ def ingest(
         ):
             parts.append(replace(old, position=position))
             reused += 1
-            continue
-        written = _ingest_partition(ws, source, partition, position, validator, cursor_column)
+        else:
+            todo.append((position, partition))
+    for written in _ingest_partitions(ws, source, todo, contract, validator, cursor_column):
         if written.part.profile_hash is not None and written.profile is not None:
             stored[written.part.profile_hash] = written.profile
         parts.append(written.part)
         if written.cursor is not None:
             cursor_value = written.cursor
-        read += 1
+    parts.sort(key=lambda part: part.position)
+    read = len(todo)
 
     warnings: list[str] = []
     failure: ContractError | None = None
@@ -243,6 +247,88 @@ class _Written:
     part: DatasetPartRecord
     cursor: Any
     profile: Profile | None
+
+
+PARTITION_BYTES = 128 << 20
+"""On Ray, consecutive source partitions smaller than this share one task."""
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Consecutive source partitions that one task reads, with its own validator."""
+
+    source: Source
+    partitions: tuple[tuple[int, Partition], ...]
+    contract: Contract | None
+    cursor_column: str | None
+
+    def __call__(self) -> tuple[list[_Written], Any]:
+        ws = current_workspace()
+        validator = self.contract.validator() if self.contract is not None else None
+        written = [
+            _ingest_partition(ws, self.source, partition, position, validator, self.cursor_column)
+            for position, partition in self.partitions
+        ]
+        return written, validator
+
+
+def _ingest_partitions(
+    ws: Workspace,
+    source: Source,
+    todo: Sequence[tuple[int, Partition]],
+    contract: Contract | None,
+    validator: Any,
+    cursor_column: str | None,
+) -> Iterator[_Written]:
+    """Read the partitions in ``todo``: here in order, or as Ray tasks in groups of about
+    ``PARTITION_BYTES`` whose validators merge into ``validator`` in source order.
+
+    Partitions stay in this process when the contract has uniqueness keys (whether a row
+    repeats an earlier one depends on every partition before it) or the source does not
+    travel (a source that cannot be pickled).
+    """
+    groups = _groups(todo)
+    if (
+        len(groups) < 2
+        or not on_ray(ws)
+        or (validator is not None and not validator.mergeable)
+        or not _travels(source)
+    ):
+        for position, partition in todo:
+            yield _ingest_partition(ws, source, partition, position, validator, cursor_column)
+        return
+    tasks = [_Group(source, group, contract, cursor_column) for group in groups]
+    for written, checked in map_partitions(_run_group, tasks, name="ingest", workspace=ws):
+        if validator is not None:
+            validator.merge(checked)
+        yield from written
+
+
+def _run_group(group: _Group) -> tuple[list[_Written], Any]:
+    return group()
+
+
+def _groups(todo: Sequence[tuple[int, Partition]]) -> list[tuple[tuple[int, Partition], ...]]:
+    groups: list[tuple[tuple[int, Partition], ...]] = []
+    current: list[tuple[int, Partition]] = []
+    size = 0
+    for item in todo:
+        current.append(item)
+        size += item[1].size_bytes or PARTITION_BYTES
+        if size >= PARTITION_BYTES:
+            groups.append(tuple(current))
+            current, size = [], 0
+    if current:
+        groups.append(tuple(current))
+    return groups
+
+
+def _travels(source: Source) -> bool:
+    try:
+        importlib.import_module("ray.cloudpickle").dumps(source)  # how Ray ships it
+    except Exception:
+        return False
+    return True
 
 
 def _ingest_partition(

@@ -42,6 +42,8 @@ class Workspace:
     artifact_url: str
     run_id: str | None = None
     step_id: str | None = None
+    engine: str = "local"
+    """Where partitioned work runs (``loopline.data.parallel``): ``local`` or a Ray engine."""
 
     @property
     def metadata(self) -> MetadataStore:
@@ -66,7 +68,7 @@ def current_workspace() -> Workspace:
     if workspace is not None:
         return workspace
     settings = Settings.load()
-    return Workspace(settings.metadata_url, settings.artifact_url)
+    return Workspace(settings.metadata_url, settings.artifact_url, engine=settings.engine)
 
 
 @contextmanager

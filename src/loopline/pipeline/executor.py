@@ -69,6 +69,8 @@ class StepTask:
     """With ``run_id`` and ``step_id``: the workspace data code in the step records into."""
     run_id: str | None = None
     step_id: str | None = None
+    engine: str = "local"
+    """The run's engine: where the step's partitioned work fans out."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def run_task(task: StepTask) -> StepResult:
         attempt = AttemptRecord(1, "failed", now, now, error, traceback.format_exc())
         return StepResult("failed", attempts=(attempt,), error=error, traceback=attempt.traceback)
     workspace = (
-        Workspace(task.metadata_url, task.artifact_url, task.run_id, task.step_id)
+        Workspace(task.metadata_url, task.artifact_url, task.run_id, task.step_id, task.engine)
         if task.metadata_url
         else None
     )

@@ -323,6 +323,7 @@ class Runner:
                         metadata_url=self.metadata.url,
                         run_id=run_id,
                         step_id=step_id,
+                        engine=engine,
                     )
                     future = pool.submit(task)
                     running[future] = _Running(name, step_id, key, inputs, time.time())

@@ -1,0 +1,113 @@
+"""Partitioned work: one function mapped over partitions, here or as Ray tasks.
+
+Data code that splits its work into independent partitions (ingestion's source
+partitions, a training set's entity-hash partitions, batch scoring's input files) calls
+``map_partitions(fn, items)`` and gets the results in the order of ``items``, whatever
+ran where. In a step on the ``ray`` engine each item is a Ray task (one CPU, Polars
+held to that many threads, run again by Ray when its worker process dies); anywhere
+else the items run one after another in this thread, which keeps memory to one
+partition at a time. The function, its items and its results travel through Ray's
+object store, so they should be small records or Arrow/Polars data, never open files.
+
+An exception raised by ``fn`` is raised again here as itself (not wrapped by Ray), so
+callers handle a failed partition as they would locally.
+
+Examples
+--------
+>>> map_partitions(abs, [-1, 2, -3], name="demo")
+[1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from loopline.data.workspace import Workspace, current_workspace, use_workspace
+
+__all__ = ["WORKER_RETRIES", "map_partitions", "on_ray", "ray_cpus"]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+WORKER_RETRIES = 3
+"""How often Ray runs a partition again when its worker process dies (a crash, OOM kill)."""
+
+
+def on_ray(workspace: Workspace | None = None) -> bool:
+    """Whether partitioned work fans out on Ray: the engine says so and Ray is connected."""
+    ws = workspace or current_workspace()
+    if ws.engine == "local":
+        return False
+    try:
+        import ray
+    except ImportError:
+        return False
+    return bool(ray.is_initialized())
+
+
+def ray_cpus() -> int:
+    """The CPUs of the Ray cluster this process is connected to (at least 1)."""
+    ray: Any = importlib.import_module("ray")
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def map_partitions(
+    fn: Callable[[_T], _R],
+    items: Sequence[_T],
+    *,
+    name: str,
+    workspace: Workspace | None = None,
+) -> list[_R]:
+    """``[fn(item) for item in items]``, as Ray tasks when ``on_ray()``; in item order.
+
+    ``fn`` runs with ``workspace`` (the current one by default) as its workspace, so
+    artifacts it writes and records it makes land where the step's would. ``name``
+    names the tasks (``loopline:NAME[i]``) in Ray's tools and process titles.
+    """
+    ws = workspace or current_workspace()
+    if len(items) < 2 or not on_ray(ws):
+        with use_workspace(ws):
+            return [fn(item) for item in items]
+    import ray
+
+    remote = ray.remote(
+        num_cpus=1,
+        max_retries=WORKER_RETRIES,
+        retry_exceptions=False,
+    )(_partition)
+    refs = [
+        remote.options(name=f"loopline:{name}[{i}]").remote(fn, item, ws)
+        for i, item in enumerate(items)
+    ]
+    results: list[_R] = []
+    try:
+        for ref in refs:
+            failed, value = ray.get(ref)
+            if failed:
+                raise _error(value)
+            results.append(value)
+    except BaseException:
+        for ref in refs:
+            ray.cancel(ref)
+        raise
+    return results
+
+
+def _partition(fn: Callable[[Any], Any], item: Any, ws: Workspace) -> tuple[bool, Any]:
+    """One partition on a Ray worker: ``(failed, value or pickled exception)``."""
+    try:
+        with use_workspace(ws):
+            return False, fn(item)
+    except Exception as exc:
+        try:
+            return True, pickle.dumps(exc)
+        except Exception:  # an exception that does not pickle: keep its text
+            return True, pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
+
+
+def _error(data: bytes) -> BaseException:
+    exc = pickle.loads(data)
+    return exc if isinstance(exc, BaseException) else RuntimeError(repr(exc))

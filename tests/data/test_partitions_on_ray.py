@@ -1,0 +1,183 @@
+"""Partitioned data work on Ray gives what the local engine gives, byte for byte.
+
+Each test ingests the same files twice, into separate stores: once with the ``local``
+engine (partitions one after another in this process) and once with ``ray`` (one Ray
+task per partition on the session's two-CPU cluster), and compares what was stored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import psutil
+import pytest
+import ray
+
+from loopline.data.contract import Column, Contract, Freshness
+from loopline.data.ingest import IngestResult, ingest, read_dataset, read_quarantine
+from loopline.data.parallel import map_partitions, on_ray
+from loopline.data.sources.files import FileSource
+from loopline.data.workspace import Workspace
+from loopline.errors import ContractError
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+# Ray's workers cannot import this test module: ship its functions by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+NOW = datetime(2026, 1, 2, tzinfo=UTC)
+CONTRACT = Contract(
+    "events",
+    {
+        "id": Column("int64"),
+        "at": Column("datetime"),
+        "kind": Column("string", allowed=["a", "b", "c"]),
+        "value": Column("float64", min=0),
+    },
+    max_bad_fraction=0.2,
+    freshness=Freshness("at", timedelta(days=30)),
+)
+
+
+def _write(folder: Path, files: int, rows: int) -> Path:
+    folder.mkdir(parents=True)
+    for f in range(files):
+        ids = range(f * rows, (f + 1) * rows)
+        frame = pl.DataFrame(
+            {
+                "id": [str(i) for i in ids],
+                "at": [f"2025-12-{1 + (i % 28):02d}T{i % 24:02d}:00:00Z" for i in ids],
+                # every 17th row breaks a rule, in a different way per file
+                "kind": ["z" if i % 17 == f else "abc"[i % 3] for i in ids],
+                "value": ["x" if i % 17 == f + 5 else str((i % 100) - (i % 23 == 0)) for i in ids],
+            }
+        )
+        frame.write_csv(folder / f"part-{f:02d}.csv")
+    return folder
+
+
+def _ingest(root: Path, files: Path, engine: str, **kwargs: Any) -> tuple[IngestResult, Workspace]:
+    ws = Workspace(f"sqlite:///{root}/meta.db", str(root / "artifacts"), engine=engine)
+    return ingest(
+        FileSource(str(files / "*.csv")), contract=CONTRACT, now=NOW, workspace=ws, **kwargs
+    ), ws
+
+
+def _stored(result: IngestResult, ws: Workspace) -> dict[str, Any]:
+    dataset = result.dataset
+    parts = ws.metadata.dataset_parts(dataset.id)
+    return {
+        "hash": dataset.content_hash,
+        "profile": dataset.profile_hash,
+        "rows": (dataset.rows, dataset.rows_quarantined, dataset.rows_read),
+        "warnings": result.warnings,
+        "status": dataset.status,
+        "parts": [
+            (
+                p.position,
+                Path(p.partition_key).name,
+                p.content_hash,
+                p.quarantine_hash,
+                p.profile_hash,
+            )
+            for p in parts
+        ],
+        "data": read_dataset(dataset, workspace=ws).to_pylist()[:5],
+        "quarantine": read_quarantine(dataset, workspace=ws).drop_columns(["source"]).to_pylist(),
+    }
+
+
+@pytest.fixture
+def one_task_per_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules["loopline.data.ingest"], "PARTITION_BYTES", 1)
+
+
+def test_partitions_run_as_ray_tasks_in_order(tmp_path: Path) -> None:
+    ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
+    assert on_ray(ws)
+    assert not on_ray(Workspace(ws.metadata_url, ws.artifact_url))
+    pids = map_partitions(_pid_after, [0.3, 0.0, 0.1], name="pids", workspace=ws)
+    assert [value for value, _ in pids] == [0.3, 0.0, 0.1]
+    assert os.getpid() not in {pid for _, pid in pids}
+
+
+def _pid_after(seconds: float) -> tuple[float, int]:
+    time.sleep(seconds)
+    return seconds, os.getpid()
+
+
+def test_an_error_in_a_partition_is_raised_as_itself(tmp_path: Path) -> None:
+    ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
+    with pytest.raises(ContractError, match="partition 1 broke") as caught:
+        map_partitions(_fails_on_one, [0, 1, 2], name="fails", workspace=ws)
+    assert caught.value.context == {"source": "p1"}
+
+
+def _fails_on_one(item: int) -> int:
+    if item == 1:
+        raise ContractError("partition 1 broke", source="p1")
+    return item
+
+
+def test_ingest_on_ray_stores_what_the_local_engine_stores(
+    tmp_path: Path, one_task_per_file: None
+) -> None:
+    files = _write(tmp_path / "in", files=4, rows=3_000)
+    local = _stored(*_ingest(tmp_path / "local", files, "local"))
+    on_ray = _stored(*_ingest(tmp_path / "ray", files, "ray"))
+    assert on_ray == local
+    assert len(local["parts"]) == 4
+    assert local["rows"][1] > 0
+
+
+def test_a_failing_contract_fails_the_same_way_on_ray(
+    tmp_path: Path, one_task_per_file: None
+) -> None:
+    files = _write(tmp_path / "in", files=3, rows=1_000)
+    strict = Contract("events", CONTRACT.columns, max_bad_fraction=0.01)
+    messages = []
+    for engine in ("local", "ray"):
+        ws = Workspace(f"sqlite:///{tmp_path}/{engine}.db", str(tmp_path / engine), engine=engine)
+        with pytest.raises(ContractError) as caught:
+            ingest(FileSource(str(files / "*.csv")), contract=strict, now=NOW, workspace=ws)
+        # the same but for the failed version's id
+        messages.append(re.sub(r"quarantine [0-9a-f]+", "quarantine ID", str(caught.value)))
+    assert messages[0] == messages[1]
+    assert "rows (" in messages[0]
+
+
+def test_a_killed_worker_is_replaced_and_the_result_is_the_same(
+    tmp_path: Path, one_task_per_file: None
+) -> None:
+    """Kill the worker process of a running ingest partition: Ray runs it again."""
+    files = _write(tmp_path / "in", files=3, rows=50_000)
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill_one() -> None:
+        while not done.is_set() and not killed:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                title = " ".join(proc.info["cmdline"] or [])
+                if "loopline:ingest[1]" in title:
+                    proc.kill()
+                    killed.append(proc.info["pid"])
+                    break
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    try:
+        on_ray = _stored(*_ingest(tmp_path / "ray", files, "ray"))
+    finally:
+        done.set()
+        killer.join()
+    assert killed, "the test never saw the partition's worker to kill it"
+    local = _stored(*_ingest(tmp_path / "local", files, "local"))
+    assert on_ray == local
