@@ -1,8 +1,9 @@
 """Partitioned data work on Ray gives what the local engine gives, byte for byte.
 
-Each test ingests the same files twice, into separate stores: once with the ``local``
+Each test does the same work twice, into separate stores: once with the ``local``
 engine (partitions one after another in this process) and once with ``ray`` (one Ray
-task per partition on the session's two-CPU cluster), and compares what was stored.
+task per partition on the session's two-CPU cluster), and compares what was stored:
+ingestion (parts, quarantine, profiles, contract verdicts) and training sets.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from loopline.data.parallel import map_partitions, on_ray
 from loopline.data.sources.files import FileSource
 from loopline.data.workspace import Workspace
 from loopline.errors import ContractError
+from loopline.features import Aggregate, Entity, FeatureView, WindowView, training_set
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 # Ray's workers cannot import this test module: ship its functions by value.
@@ -181,3 +183,49 @@ def test_a_killed_worker_is_replaced_and_the_result_is_the_same(
     assert killed, "the test never saw the partition's worker to kill it"
     local = _stored(*_ingest(tmp_path / "local", files, "local"))
     assert on_ray == local
+
+
+def _events(n: int, users: int) -> pl.DataFrame:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    return pl.DataFrame(
+        {
+            "user": [f"u{(i * 7) % users}" for i in range(n)],
+            "ts": [start + timedelta(minutes=13 * i) for i in range(n)],
+            "amount": [float((i * 31) % 97) if i % 11 else None for i in range(n)],
+            "kind": ["abc"[i % 3] for i in range(n)],
+        }
+    )
+
+
+def test_a_training_set_on_ray_is_the_local_one(tmp_path: Path) -> None:
+    events = _events(6_000, users=40)
+    user = Entity("user", keys=["user"])
+    views = [
+        FeatureView(
+            "last",
+            entity=user,
+            source=events,
+            timestamp="ts",
+            ttl="6h",
+            features=["amount", "kind"],
+        ),
+        WindowView(
+            "spend",
+            entity=user,
+            source=events,
+            timestamp="ts",
+            aggregations=[Aggregate("amount", f, "1d") for f in ("sum", "mean", "count")],
+        ),
+    ]
+    labels = events.select("user", pl.col("ts").dt.offset_by("5m").alias("t"))[::3]
+    frames = {}
+    for engine, partitions in (("local", None), ("ray", None), ("ray", 3)):
+        ws = Workspace(f"sqlite:///{tmp_path}/{engine}.db", str(tmp_path / engine), engine=engine)
+        frames[engine, partitions] = training_set(
+            labels, views, timestamp="t", partitions=partitions, workspace=ws
+        ).frame
+    whole = frames["local", None]
+    assert whole.height == labels.height
+    assert whole["amount_sum_1d"].null_count() < whole.height
+    for key, frame in frames.items():
+        assert frame.equals(whole, null_equal=True), key

@@ -24,12 +24,14 @@ Examples
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import polars as pl
 
+from loopline.data.parallel import map_partitions, on_ray, ray_cpus
 from loopline.errors import FeatureError
 from loopline.features.definition import FeatureView, OnDemand, View, WindowView
 from loopline.features.engine import (
@@ -102,7 +104,7 @@ def training_set(
     *,
     timestamp: str,
     data: Mapping[str, pl.DataFrame | pl.LazyFrame] | None = None,
-    partitions: int = 1,
+    partitions: int | None = None,
     workspace: Workspace | None = None,
 ) -> TrainingSet:
     """Join ``labels`` point in time with ``views``.
@@ -122,10 +124,11 @@ def training_set(
         Frames to use for dataset-named sources, by dataset name: a step passes the
         rows it was given (``data={"flights": flights}``) instead of re-reading them.
     partitions
-        Split each view's work into this many partitions by a hash of the entity key and
-        compute them one by one: the result is the same, the memory a fraction. (Each
-        partition depends on its own entities only, which is what lets an executor run
-        them on different workers.)
+        Split each view's work into this many partitions by a hash of the entity key:
+        the result is the same whatever the number. Here they are computed one by one
+        (the memory a fraction); in a step on the ``ray`` engine they run as Ray tasks.
+        None (the default): one partition here; on Ray, one per CPU of the cluster, or
+        more to keep each under about 256 MB.
     workspace
         Where a dataset-named source is read from; the current one by default.
 
@@ -148,17 +151,23 @@ def training_set(
     frame = to_utc(frame, timestamp, owner="the label table")
     query_base = frame.with_row_index(ROW).with_columns(pl.col(timestamp).alias(QUERY_TIME))
     check_keys(frame.columns, views, what="The label table")
-    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+    if partitions is not None and (
+        isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
+    ):
         raise FeatureError(
-            f"The 'partitions' parameter of training_set must be a positive integer. "
+            f"The 'partitions' parameter of training_set must be a positive integer or None. "
             f"Got {partitions!r}."
         )
+    from loopline.data.workspace import current_workspace
+
+    ws = workspace or current_workspace()
     out = frame
     for view in views:
         if isinstance(view, OnDemand):
             out = view.apply(out)
             continue
         rows = view_rows(view, workspace=workspace, data=data)
+        shipped = _without_source(view)
         owner = f"{type(view).__name__} {view.name!r}"
         query, rows = align_keys(
             query_base.select(ROW, *view.keys, QUERY_TIME),
@@ -167,18 +176,41 @@ def training_set(
             owner=owner,
             query_name="the label table",
         )
-        values = pl.concat(
-            _view_values(view, q, r) for q, r in by_entity(query, rows, view.keys, partitions)
-        )
+        count = partitions if partitions is not None else _auto_partitions(ws, query, rows)
+        pieces = [(shipped, q, r) for q, r in by_entity(query, rows, view.keys, count)]
+        values = pl.concat(map_partitions(_piece_values, pieces, name=view.name, workspace=ws))
         values = values.sort(ROW).drop(ROW)
         out = out.hstack(values.get_columns())
     versions = {v.name: v.version for v in views}
-    from loopline.data.workspace import current_workspace
-
-    ws = workspace or current_workspace()
     if workspace is not None or ws.run_id is not None:
         record_views(views, ws)  # outside a step, only when a workspace was given
     return TrainingSet(frame=out, versions=versions)
+
+
+PARTITION_BYTES = 256 << 20
+"""On Ray, the entity partitions of a view hold about this much data at most."""
+
+
+def _auto_partitions(ws: Workspace, query: pl.DataFrame, rows: pl.DataFrame) -> int:
+    """One partition here; on Ray, every CPU busy and no partition much above
+    ``PARTITION_BYTES``."""
+    if not on_ray(ws):
+        return 1
+    size = int(query.estimated_size() + rows.estimated_size())
+    return max(ray_cpus(), -(-size // PARTITION_BYTES))
+
+
+def _without_source(view: View) -> View:
+    """The view without its source frame: the rows travel apart, partition by partition."""
+    if isinstance(view.source, str):
+        return view
+    light = copy.copy(view)
+    object.__setattr__(light, "source", view.name)
+    return light
+
+
+def _piece_values(piece: tuple[View, pl.DataFrame, pl.DataFrame]) -> pl.DataFrame:
+    return _view_values(*piece)
 
 
 def _view_values(view: View, query: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
