@@ -7,6 +7,7 @@ traceback unless ``--verbose``; 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
 import traceback
@@ -841,33 +842,44 @@ def predict(
         record = registry.get(spec.name, spec.version if spec.version is not None else spec.alias)
         bundle = registry.load_bundle(spec.name, record.version)
         settings = Settings.load()
-    views = store = None
+    views = url = None
     if features:
         views = load_views(features)
         served = ServedModel(spec.name, record.version, bundle, tuple(record.features))
         check_feature_versions(served, views)
         url = online_url or settings.online_url or f"sqlite:///{settings.home / 'online.db'}"
-        store = open_online_store(url)
-    try:
+        open_online_store(url).close()  # a store that cannot be opened fails here, once
+    with _engine(settings):
         result = predict_batch(
             bundle,
             input,
             output,
             batch_rows=batch_rows,
             views=views,
-            online_store=store,
+            online_url=url,
             at=None if at is None else _instant(at, "--at"),
             output_column=output_column,
             keep_columns=[] if only_prediction else keep,
             overwrite=overwrite,
         )
-    finally:
-        if store is not None:
-            store.close()
     out.print(
         f"Scored {result.rows:,} rows with {record.ref} in {result.seconds:.2f} s "
         f"({result.rows_per_second:,.0f} rows/s); wrote {result.output}."
     )
+
+
+@contextlib.contextmanager
+def _engine(settings: Settings) -> Iterator[None]:
+    """Connected to Ray for the block when the ``engine`` setting says so, so that
+    partitioned work (``loopline predict``) fans out on it."""
+    if settings.engine == "local":
+        yield
+        return
+    from loopline.pipeline.ray_executor import RayExecutor
+
+    address = None if settings.engine == "ray" else settings.engine
+    with RayExecutor(address=address, num_cpus=settings.max_workers):
+        yield
 
 
 def _aliases(aliases: dict[str, int]) -> str:

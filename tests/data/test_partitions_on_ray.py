@@ -229,3 +229,42 @@ def test_a_training_set_on_ray_is_the_local_one(tmp_path: Path) -> None:
     assert whole["amount_sum_1d"].null_count() < whole.height
     for key, frame in frames.items():
         assert frame.equals(whole, null_equal=True), key
+
+
+def test_batch_scoring_on_ray_writes_what_the_local_engine_writes(tmp_path: Path) -> None:
+    from loopline.data.workspace import use_workspace
+    from loopline.serve.batch import predict_batch
+    from loopline.train import LightGBMModel, train_bundle
+
+    rows = pl.DataFrame(
+        {
+            "distance": [float((i * 37) % 2500) for i in range(9_000)],
+            "carrier": [["UA", "AA", "DL"][i % 3] for i in range(9_000)],
+            "delayed": [(i * 37) % 2500 > 1200 or i % 7 == 0 for i in range(9_000)],
+        }
+    )
+    bundle = train_bundle(
+        rows,
+        features=["distance", "carrier"],
+        label="delayed",
+        model=LightGBMModel(num_rounds=5, num_threads=1),
+    )
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f, start in enumerate((0, 2_500, 3_100, 7_000)):  # uneven files, several row groups
+        end = (2_500, 3_100, 7_000, 9_000)[f]
+        rows[start:end].drop("delayed").write_parquet(inputs / f"{f}.parquet", row_group_size=700)
+    written = {}
+    for engine in ("local", "ray"):
+        ws = Workspace(f"sqlite:///{tmp_path}/{engine}.db", str(tmp_path / engine), engine=engine)
+        with use_workspace(ws):
+            for name in ("scored", "scored.parquet", "scored.csv"):
+                out = tmp_path / engine / name
+                result = predict_batch(bundle, inputs, out, batch_rows=1_000)
+                assert result.rows == 9_000
+                files = sorted(out.iterdir()) if out.is_dir() else [out]
+                written[engine, name] = (result.parts, [f.read_bytes() for f in files])
+    for name in ("scored", "scored.parquet", "scored.csv"):
+        assert written["ray", name] == written["local", name], name
+    assert written["local", "scored"][0] == 9
+    assert not list((tmp_path / "ray").glob(".*"))  # no scratch left behind

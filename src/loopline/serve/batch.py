@@ -68,6 +68,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from loopline.data.parallel import map_partitions, on_ray, ray_cpus
 from loopline.errors import BatchPredictionError, LooplineError, SourceError
 from loopline.features.definition import OnDemand, View
 
@@ -116,6 +117,7 @@ def predict_batch(
     batch_rows: int = 200_000,
     views: Sequence[View | OnDemand] | None = None,
     online_store: OnlineStore | None = None,
+    online_url: str | None = None,
     at: datetime | None = None,
     output_column: str = "prediction",
     keep_columns: Sequence[str] | None = None,
@@ -138,11 +140,12 @@ def predict_batch(
     batch_rows
         Rows per batch: memory holds about one batch (its frame, encoded matrix and
         output) and the Parquet row group being read.
-    views, online_store, at
+    views, online_store, online_url, at
         Read the model's features from the online store, as ``POST /predict`` does: the
         input then needs the views' entity keys and the request-time columns. The
-        store is the configured one by default; ``at`` is the time the features are
-        read as of (now by default).
+        store is ``online_store``, or the one at ``online_url``, or the configured one;
+        ``at`` is the time the features are read as of (now by default). On the ``ray``
+        engine each task opens its own store, so give a URL rather than a store.
     output_column
         The name of the prediction column.
     keep_columns
@@ -197,32 +200,153 @@ def predict_batch(
             )
         _check_types(bundle, schema, path=path)
     target = _Output(Path(output), overwrite=overwrite)
-    store = online_store
-    if views and store is None:
-        from loopline.features.materialize import online_store as configured
-
-        store = configured()
+    scoring = _Scoring(request, keep, read, views, online_url, at, output_column, batch_rows)
+    ranges = _ranges(reader, batch_rows) if online_store is None and on_ray() else []
+    if len(ranges) > 1:
+        with target.writing() as writer:
+            rows = _score_on_ray(bundle, reader, scoring, ranges, writer)
+        return BatchResult(rows, time.perf_counter() - start, target.parts, str(target.path))
+    store = online_store if online_store is not None or not views else scoring.open_store()
     rows = 0
     try:
         with target.writing() as writer:
             for table in reader.batches(read, batch_rows):
-                frame = pl.DataFrame(pl.from_arrow(table))
-                scored = frame
-                if views:
-                    from loopline.features.materialize import online_features
-
-                    scored = online_features(views, frame.select(request), at=at, store=store)
-                predictions = bundle.predict(scored)
-                kept = [
-                    (frame if name in frame.columns else scored).get_column(name) for name in keep
-                ]
-                out = pl.DataFrame([*kept, pl.Series(output_column, predictions)])
-                writer.write(out.to_arrow())
-                rows += out.height
+                out = scoring.score(bundle, table, store)
+                writer.write(out)
+                rows += out.num_rows
     finally:
         if views and online_store is None and store is not None:
             store.close()
     return BatchResult(rows, time.perf_counter() - start, target.parts, str(target.path))
+
+
+# -- scoring ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """How a batch of input rows becomes a batch of output rows."""
+
+    request: list[str]
+    keep: list[str]
+    read: list[str]
+    views: list[View | OnDemand] | None
+    online_url: str | None
+    at: datetime | None
+    output_column: str
+    batch_rows: int
+
+    def open_store(self) -> OnlineStore:
+        if self.online_url is not None:
+            from loopline.store.online import open_online_store
+
+            return open_online_store(self.online_url)
+        from loopline.features.materialize import online_store as configured
+
+        return configured()
+
+    def score(self, bundle: ModelBundle, table: pa.Table, store: OnlineStore | None) -> pa.Table:
+        frame = pl.DataFrame(pl.from_arrow(table))
+        scored = frame
+        if self.views:
+            from loopline.features.materialize import online_features
+
+            scored = online_features(
+                self.views, frame.select(self.request), at=self.at, store=store
+            )
+        predictions = bundle.predict(scored)
+        kept = [(frame if name in frame.columns else scored).get_column(name) for name in self.keep]
+        return pl.DataFrame([*kept, pl.Series(self.output_column, predictions)]).to_arrow()
+
+
+RAY_BATCHES = 4
+"""On Ray, a task scores about this many batches (fewer when the cluster has CPUs idle)."""
+
+
+def _ranges(reader: _Source, batch_rows: int) -> list[tuple[int, int]]:
+    """Batch ranges ``[first, end)`` for Ray tasks: Parquet only (row counts are known
+    from the footers, so each task can start at its first row)."""
+    if reader.kind != "parquet":
+        return []
+    batches = -(-sum(reader.row_counts()) // batch_rows)
+    per_task = max(1, min(RAY_BATCHES, batches // ray_cpus()))
+    return [(first, min(first + per_task, batches)) for first in range(0, batches, per_task)]
+
+
+@dataclass(frozen=True)
+class _RangeTask:
+    """Score batches ``[first, end)`` of the input; write each as a part into ``folder``."""
+
+    bundle: bytes
+    bundle_hash: str
+    reader: _Source
+    scoring: _Scoring
+    first: int
+    end: int
+    folder: str
+
+    def __call__(self) -> int:
+        bundle = _bundle(self.bundle, self.bundle_hash)
+        store = self.scoring.open_store() if self.scoring.views else None
+        rows_ = self.scoring.batch_rows
+        rows = 0
+        try:
+            batches = self.reader.batches(
+                self.scoring.read, rows_, start=self.first * rows_, stop=self.end * rows_
+            )
+            for number, table in enumerate(batches, start=self.first):
+                out = self.scoring.score(bundle, table, store)
+                pq.write_table(out, Path(self.folder) / _part_name(number), compression="zstd")
+                rows += out.num_rows
+        finally:
+            if store is not None:
+                store.close()
+        return rows
+
+
+_BUNDLES: dict[str, ModelBundle] = {}
+
+
+def _bundle(data: bytes, content_hash: str) -> ModelBundle:
+    """The bundle, loaded once per worker process."""
+    bundle = _BUNDLES.get(content_hash)
+    if bundle is None:
+        from loopline.train.bundle import ModelBundle
+
+        bundle = _BUNDLES[content_hash] = ModelBundle.from_bytes(data, expected_hash=content_hash)
+    return bundle
+
+
+def _run_range(task: _RangeTask) -> int:
+    return task()
+
+
+def _score_on_ray(
+    bundle: ModelBundle,
+    reader: _Source,
+    scoring: _Scoring,
+    ranges: Sequence[tuple[int, int]],
+    writer: _Output,
+) -> int:
+    """Score the input as Ray tasks that each write their parts; the parts are the
+    output folder's, or are copied, in order, into the output file."""
+    data = bundle.to_bytes()
+    folder = writer.parts_folder()
+    tasks = [
+        _RangeTask(data, bundle.content_hash, reader, scoring, first, end, str(folder))
+        for first, end in ranges
+    ]
+    try:
+        rows = sum(map_partitions(_run_range, tasks, name="predict"))
+    except BaseException:
+        writer.discard_parts(folder)
+        raise
+    writer.adopt_parts(folder, ranges[-1][1])
+    return rows
+
+
+def _part_name(number: int) -> str:
+    return f"part-{number:05d}.parquet"
 
 
 # -- the input ----------------------------------------------------------------------------
@@ -348,16 +472,51 @@ class _Source:
             reader.close()
             return schema
 
-    def batches(self, columns: list[str], batch_rows: int) -> Iterator[pa.Table]:
-        """The input as tables of ``batch_rows`` rows (the last one shorter), in order."""
+    def row_counts(self) -> list[int]:
+        """Rows per Parquet file, from the footers."""
+        counts = []
+        for path in self.paths:
+            with _reading(path), self._open(path) as handle:
+                counts.append(pq.ParquetFile(handle).metadata.num_rows)
+        return counts
+
+    def batches(
+        self, columns: list[str], batch_rows: int, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[pa.Table]:
+        """The input as tables of ``batch_rows`` rows (the last one shorter), in order;
+        rows ``[start, stop)`` of it only, for Parquet (row groups before ``start`` are
+        not read)."""
+        left = None if stop is None else stop - start
+        for table in self._batches(columns, batch_rows, start, stop):
+            if left is not None and table.num_rows >= left:
+                if left:
+                    yield table.slice(0, left)
+                return
+            if left is not None:
+                left -= table.num_rows
+            yield table
+
+    def _batches(
+        self, columns: list[str], batch_rows: int, start: int, stop: int | None
+    ) -> Iterator[pa.Table]:
         pending: list[pa.RecordBatch] = []
         held = 0
+        offset = 0  # the first row of the file (or row group) being read
         for path in self.paths:
+            if stop is not None and offset >= stop:
+                break
             with _reading(path), self._open(path) as handle:
                 if self.kind == "parquet":
                     parquet = pq.ParquetFile(handle, pre_buffer=False)
-                    stream: Iterable[pa.RecordBatch] = parquet.iter_batches(
-                        batch_size=batch_rows, columns=columns, use_threads=True
+                    groups, skip, offset = _row_groups(parquet, offset, start, stop)
+                    stream: Iterable[pa.RecordBatch] = _skipped(
+                        parquet.iter_batches(
+                            batch_size=batch_rows,
+                            columns=columns,
+                            use_threads=True,
+                            row_groups=groups,
+                        ),
+                        skip,
                     )
                 else:
                     stream = self._csv(handle, columns)
@@ -373,6 +532,35 @@ class _Source:
                         pending, held = rest.to_batches(), rest.num_rows
         if held:
             yield pa.Table.from_batches(pending)
+
+
+def _row_groups(
+    parquet: pq.ParquetFile, offset: int, start: int, stop: int | None
+) -> tuple[list[int], int, int]:
+    """The row groups of a file starting at row ``offset`` that hold rows of
+    ``[start, stop)``, the rows to skip in the first of them, and the next file's offset."""
+    groups: list[int] = []
+    skip = 0
+    for i in range(parquet.metadata.num_row_groups):
+        rows = parquet.metadata.row_group(i).num_rows
+        end = offset + rows
+        if end > start and (stop is None or offset < stop):
+            if not groups:
+                skip = max(0, start - offset)
+            groups.append(i)
+        offset = end
+    # Rows past ``stop`` in the last group are cut by the caller's batching (it stops
+    # after the range's last batch).
+    return groups, skip, offset
+
+
+def _skipped(batches: Iterable[pa.RecordBatch], skip: int) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        yield batch.slice(skip) if skip else batch
+        skip = 0
 
 
 def _data_file(name: str, given: Format | None) -> bool:
@@ -524,9 +712,7 @@ class _Output:
     def write(self, table: pa.Table) -> None:
         try:
             if self.kind == "folder":
-                pq.write_table(
-                    table, self._temporary / f"part-{self.parts:05d}.parquet", compression="zstd"
-                )
+                pq.write_table(table, self._temporary / _part_name(self.parts), compression="zstd")
             else:
                 if self._writer is None:
                     self._schema = table.schema
@@ -542,6 +728,35 @@ class _Output:
         except (OSError, pa.ArrowException) as exc:
             raise self._cannot(exc) from exc
         self.parts += 1
+
+    def parts_folder(self) -> Path:
+        """Where other processes write this output's parts (``part-00000.parquet``, ...):
+        the output folder itself, or a scratch folder beside a one-file output."""
+        if self.kind == "folder":
+            return self._temporary
+        folder = self._temporary.with_name(self._temporary.name + ".parts")
+        try:
+            folder.mkdir()
+        except OSError as exc:
+            raise self._cannot(exc) from exc
+        return folder
+
+    def adopt_parts(self, folder: Path, count: int) -> None:
+        """Take the ``count`` parts written into ``parts_folder()``: a one-file output
+        copies them in order, a row group (or CSV rows) each, then drops the folder."""
+        try:
+            if self.kind == "folder":
+                self.parts = count
+                return
+            for number in range(count):
+                self.write(pq.read_table(folder / _part_name(number)))
+        finally:
+            self.discard_parts(folder)
+
+    def discard_parts(self, folder: Path) -> None:
+        """Remove a scratch folder of parts (the output folder goes with the output)."""
+        if self.kind != "folder":
+            _remove(folder)
 
     def _close(self) -> None:
         if self._writer is not None:
