@@ -291,3 +291,12 @@ def test_memory_stays_bounded_by_the_batch(tmp_path: Path) -> None:
     assert facts["rows"] == rows
     assert facts["peak_growth"] < facts["input_bytes"] / 4, facts
     assert facts["arrow_peak"] - facts["arrow_before"] < facts["input_bytes"] / 4, facts
+
+
+def test_an_output_url_is_refused_before_anything_is_read(
+    tmp_path: Path, bundle: ModelBundle, frame: pl.DataFrame
+) -> None:
+    frame.write_parquet(tmp_path / "input.parquet")
+    with pytest.raises(BatchPredictionError, match="is a URL") as caught:
+        predict_batch(bundle, tmp_path / "input.parquet", "s3://bucket/scored.parquet")
+    assert caught.value.context["path"] == "s3://bucket/scored.parquet"

@@ -205,3 +205,32 @@ def test_loopline_predict_scores_a_file(home: Path, tmp_path: Path) -> None:
     assert again.returncode == 2
     assert "has no version 9" in again.stderr
     assert not (tmp_path / "never.parquet").exists()
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_loopline_predict_on_the_ray_engine_scores_in_ray_tasks(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process, on the session's Ray cluster: the command finds Ray connected and
+    fans the batches out as tasks; the output is the local engine's."""
+    from typer.testing import CliRunner
+
+    from loopline.cli import app
+
+    rng = np.random.default_rng(2)
+    rows = pl.DataFrame({"x": rng.normal(size=2_000), "city": rng.choice(["a", "b"], 2_000)})
+    rows.write_parquet(tmp_path / "rows.parquet", row_group_size=300)
+    monkeypatch.chdir(tmp_path)
+    outputs = {}
+    for engine in ("local", "ray"):
+        for key, value in {**_environment(home), "LOOPLINE_ENGINE": engine}.items():
+            monkeypatch.setenv(key, value)
+        out = tmp_path / f"{engine}.parquet"
+        done = CliRunner().invoke(
+            app,
+            ["predict", "-m", "toy", "-i", "rows.parquet", "-o", str(out), "--batch-rows", "250"],
+        )
+        assert done.exit_code == 0, done.output
+        outputs[engine] = out.read_bytes()
+    assert outputs["ray"] == outputs["local"]
+    assert pl.read_parquet(tmp_path / "ray.parquet").height == 2_000

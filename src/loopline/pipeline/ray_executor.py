@@ -101,6 +101,9 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None) -> None:
             num_cpus=num_cpus or os.cpu_count() or 1,
             include_dashboard=False,
             log_to_driver=False,
+            # A task holds one CPU: Polars gets one thread there, as Ray gives OpenMP one
+            # (OMP_NUM_THREADS=1), rather than a thread per core in every worker.
+            runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1"}},
         )
         return
     try:

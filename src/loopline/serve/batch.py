@@ -199,7 +199,7 @@ def predict_batch(
                 path=path,
             )
         _check_types(bundle, schema, path=path)
-    target = _Output(Path(output), overwrite=overwrite)
+    target = _Output(output, overwrite=overwrite)
     scoring = _Scoring(request, keep, read, views, online_url, at, output_column, batch_rows)
     ranges = _ranges(reader, batch_rows) if online_store is None and on_ray() else []
     if len(ranges) > 1:
@@ -403,7 +403,8 @@ class _Source:
             if "://" in text and not text.startswith("file://"):
                 self.fs, root = fsspec.core.url_to_fs(text)
             else:
-                self.fs, root = None, text.removeprefix("file://")
+                # Absolute: Ray's workers do not share this process's working directory.
+                self.fs, root = None, os.path.abspath(text.removeprefix("file://"))
             self.paths = self._find(root, given)
             self.kind = _format_of(self.paths, given, text)
             schema = bundle.schema
@@ -667,14 +668,16 @@ def _check_types(bundle: ModelBundle, schema: pa.Schema, *, path: str) -> None:
 class _Output:
     """Writes under a temporary name beside ``path``; renames it there when complete."""
 
-    def __init__(self, path: Path, *, overwrite: bool) -> None:
-        if "://" in str(path):
+    def __init__(self, output: str | os.PathLike[str], *, overwrite: bool) -> None:
+        if "://" in os.fspath(output):
             raise BatchPredictionError(
-                f"The output {path} is a URL; predict_batch writes to a local path. Write "
-                f"there and copy the result (the output is renamed into place when done).",
-                path=str(path),
+                f"The output {os.fspath(output)} is a URL; predict_batch writes to a local "
+                f"path. Write there and copy the result (the output is renamed into place "
+                f"when done).",
+                path=os.fspath(output),
             )
-        self.path = path
+        # Absolute: Ray's workers, which may write the parts, have their own directory.
+        path = self.path = Path(output).absolute()
         self.kind = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower(), "folder")
         if path.exists() and not overwrite:
             raise BatchPredictionError(
