@@ -11,6 +11,7 @@ from loopline.train.adapters import (
     check_target,
 )
 from loopline.train.bundle import ModelBundle, Preprocessor, train_bundle
+from loopline.train.distributed import Distributed
 from loopline.train.evaluate import (
     METRICS,
     Evaluation,
@@ -38,6 +39,7 @@ __all__ = [
     "METRICS",
     "OBJECTIVES",
     "CategoricalParam",
+    "Distributed",
     "Evaluation",
     "FloatParam",
     "IntParam",

@@ -64,6 +64,7 @@ from loopline.train.adapters import (
     adapter_class,
     check_target,
 )
+from loopline.train.distributed import Distributed, check_supported, fit_distributed
 
 __all__ = [
     "FORMAT",
@@ -963,6 +964,7 @@ def train_bundle(
     metrics: Mapping[str, float] | None = None,
     metadata: Mapping[str, Any] | None = None,
     profile: bool = True,
+    distributed: Distributed | None = None,
 ) -> ModelBundle:
     """Fit the preprocessing and a clone of ``model`` on the training rows; bundle them.
 
@@ -988,6 +990,11 @@ def train_bundle(
         parameters, seed) kept in the bundle.
     profile
         Whether to keep the profile of the training rows' feature and label columns.
+    distributed
+        Train the model data-parallel on Ray Train workers (``Distributed(workers=4)``)
+        when the training rows number at least its ``min_rows``; the preprocessing is
+        still fitted here, on every row. LightGBM and XGBoost only; the bundle is the
+        same kind of bundle. See ``loopline.train.distributed``.
     """
     template = LightGBMModel() if model is None else model
     if not isinstance(template, ModelAdapter):
@@ -1016,13 +1023,31 @@ def train_bundle(
     target = _labels(rows, label, adapter.objective)
     resolved = ("none" if adapter.handles_missing else "median") if impute == "auto" else impute
     preprocessor = Preprocessor(features=features, categorical=categorical, impute=resolved)
+    if distributed is not None and not isinstance(distributed, Distributed):
+        raise TrainingError(
+            "The 'distributed' parameter of train_bundle must be a Distributed(workers=...) "
+            f"or None. Got {type(distributed).__name__}.",
+            parameter="distributed",
+        )
+    if distributed is not None:
+        check_supported(adapter)  # before any work, whatever the size of the rows
     matrix = preprocessor.fit(rows).transform(rows)
-    adapter.fit(
-        matrix,
-        target,
-        feature_names=tuple(preprocessor.features),
-        categorical=preprocessor.categorical_,
-    )
+    if distributed is not None and distributed.applies(rows.height):
+        adapter = fit_distributed(
+            adapter,
+            matrix,
+            target,
+            distributed=distributed,
+            feature_names=tuple(preprocessor.features),
+            categorical=preprocessor.categorical_,
+        )
+    else:
+        adapter.fit(
+            matrix,
+            target,
+            feature_names=tuple(preprocessor.features),
+            categorical=preprocessor.categorical_,
+        )
     profiled = profile_table(rows.select([*preprocessor.features, label])) if profile else None
     return ModelBundle(
         preprocessor=preprocessor,
