@@ -161,30 +161,54 @@ def training_set(
     from loopline.data.workspace import current_workspace
 
     ws = workspace or current_workspace()
-    out = frame
-    for view in views:
-        if isinstance(view, OnDemand):
-            out = view.apply(out)
+    joined = [view for view in views if not isinstance(view, OnDemand)]
+    # On Ray every view's partitions go out at once (no view waits for the slowest
+    # partition of the one before); here one view at a time, to hold one view's rows.
+    together = on_ray(ws)
+    values: dict[str, pl.DataFrame] = {}
+    pending: list[tuple[View, list[tuple[View, pl.DataFrame, pl.DataFrame]]]] = []
+    for number, view in enumerate(joined):
+        pending.append((view, _pieces(view, query_base, ws, partitions, workspace, data)))
+        if together and number < len(joined) - 1:
             continue
-        rows = view_rows(view, workspace=workspace, data=data)
-        shipped = _without_source(view)
-        owner = f"{type(view).__name__} {view.name!r}"
-        query, rows = align_keys(
-            query_base.select(ROW, *view.keys, QUERY_TIME),
-            rows,
-            view.keys,
-            owner=owner,
-            query_name="the label table",
-        )
-        count = partitions if partitions is not None else _auto_partitions(ws, query, rows)
-        pieces = [(shipped, q, r) for q, r in by_entity(query, rows, view.keys, count)]
-        values = pl.concat(map_partitions(_piece_values, pieces, name=view.name, workspace=ws))
-        values = values.sort(ROW).drop(ROW)
-        out = out.hstack(values.get_columns())
+        flat = [piece for _, pieces in pending for piece in pieces]
+        done = iter(map_partitions(_piece_values, flat, name="features", workspace=ws))
+        for waiting, pieces in pending:
+            parts = [next(done) for _ in pieces]
+            values[waiting.name] = pl.concat(parts).sort(ROW).drop(ROW)
+        pending = []
+    out = frame
+    for item in views:
+        if isinstance(item, OnDemand):
+            out = item.apply(out)
+        else:
+            out = out.hstack(values.pop(item.name).get_columns())
     versions = {v.name: v.version for v in views}
     if workspace is not None or ws.run_id is not None:
         record_views(views, ws)  # outside a step, only when a workspace was given
     return TrainingSet(frame=out, versions=versions)
+
+
+def _pieces(
+    view: View,
+    query_base: pl.DataFrame,
+    ws: Workspace,
+    partitions: int | None,
+    workspace: Workspace | None,
+    data: Mapping[str, pl.DataFrame | pl.LazyFrame] | None,
+) -> list[tuple[View, pl.DataFrame, pl.DataFrame]]:
+    """The view's work as (view, label rows, view rows) partitions by entity hash."""
+    rows = view_rows(view, workspace=workspace, data=data)
+    query, rows = align_keys(
+        query_base.select(ROW, *view.keys, QUERY_TIME),
+        rows,
+        view.keys,
+        owner=f"{type(view).__name__} {view.name!r}",
+        query_name="the label table",
+    )
+    count = partitions if partitions is not None else _auto_partitions(ws, query, rows)
+    shipped = _without_source(view)
+    return [(shipped, q, r) for q, r in by_entity(query, rows, view.keys, count)]
 
 
 PARTITION_BYTES = 256 << 20
