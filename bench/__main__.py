@@ -25,6 +25,8 @@ MODULES = (
     "serve",
     "batch_predict",
     "ray_overhead",
+    "ray_scaling",
+    "serve_replicas",
 )
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

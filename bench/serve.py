@@ -303,15 +303,20 @@ LOOPLINE_VARIANTS = {
 """``loopline serve`` options of each loopline server measured."""
 
 
+def loopline_serve(home: Path, port: int, name: str, *options: str) -> list[str]:
+    """``loopline serve`` of the champion on 127.0.0.1:``port`` with ``options``."""
+    return [
+        sys.executable,
+        *("-m", "loopline", "serve", "--model", f"{MODEL}@champion"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+        *("--ready-file", str(home / f"{name}-ready")),
+        *options,
+    ]
+
+
 def _command(server: str, home: Path, port: int) -> list[str]:
     if server in LOOPLINE_VARIANTS:
-        return [
-            sys.executable,
-            *("-m", "loopline", "serve", "--model", f"{MODEL}@champion"),
-            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-            *("--ready-file", str(home / f"{server}-ready")),
-            *LOOPLINE_VARIANTS[server],
-        ]
+        return loopline_serve(home, port, server, "--workers", "1", *LOOPLINE_VARIANTS[server])
     if server == "mlflow":
         return [
             str(Path(sys.executable).parent / "mlflow"),
@@ -338,14 +343,23 @@ def _get(port: int, path: str) -> int:
 
 
 @contextlib.contextmanager
-def _server(server: str, home: Path) -> Iterator[int]:
-    """The server started on a free port, once its health route answers 200."""
+def _server(
+    server: str,
+    home: Path,
+    command: Callable[[Path, int], list[str]] | None = None,
+    health: str | None = None,
+    cwd: Path | None = None,
+) -> Iterator[int]:
+    """The server started on a free port, once its health route answers 200 (by
+    default the command and route of ``server`` here)."""
     port = _free_port()
     log = home / f"{server}.log"
+    argv = command(home, port) if command is not None else _command(server, home, port)
+    health = health or HEALTH[server]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            _command(server, home, port),
-            cwd=REPO if server == "ceiling" else home,
+            argv,
+            cwd=cwd or (REPO if server == "ceiling" else home),
             env=_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -360,7 +374,7 @@ def _server(server: str, home: Path) -> Iterator[int]:
                     f"{log.read_text(errors='replace')[-3000:]}"
                 )
             with contextlib.suppress(OSError):
-                if _get(port, HEALTH[server]) == 200:
+                if _get(port, health) == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{server} was not ready in {READY_TIMEOUT_S:.0f} s")

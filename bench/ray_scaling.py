@@ -1,0 +1,205 @@
+"""Scaling out: one pipeline on the local executor and on Ray with 1 and 2 workers.
+
+A generated event table (``ROWS`` rows: 100,000 users, a year of timestamps, an amount)
+goes through a four-step pipeline: ``events`` (generate), ``labels`` (every tenth event,
+one minute later, labelled by its amount), ``features`` (a training set: nine windowed
+aggregations and a latest value per user, point in time; on Ray its entity partitions
+are Ray tasks) and ``model`` (LightGBM, 50 rounds; on Ray data-parallel over the
+workers with Ray Train, ``Distributed(workers=N)``).
+
+Each configuration runs in a fresh process with a fresh cluster: ``local`` (the thread
+executor; Polars and LightGBM use both cores), ``ray-1`` (a Ray cluster of one CPU) and
+``ray-2`` (two CPUs). A Ray worker holds one CPU and Polars one thread in it (the local
+cluster sets ``POLARS_MAX_THREADS=1``), so ``ray-1`` is one worker's speed and
+``ray-2 / ray-1`` the speedup of a second worker. The driver's peak memory (the process
+that runs the pipeline; its steps run in Ray's workers) is measured at ``ROWS`` and half
+of it.
+
+Run alone: ``python -m bench ray_scaling`` (``LOOPLINE_BENCH_RAY_ROWS`` for another size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import env_int, version
+
+ROWS = 20_000_000
+
+PIPELINE = textwrap.dedent(
+    """
+    from datetime import datetime
+
+    import numpy as np
+    import polars as pl
+
+    from loopline import step
+    from loopline.features import Aggregate, Entity, FeatureView, WindowView, training_set
+    from loopline.train import Distributed, LightGBMModel, train_bundle
+
+    USER = Entity("user", keys=["user"])
+    WINDOWS = ("1h", "1d", "7d")
+
+
+    @step
+    def events(rows: int = 1_000) -> pl.DataFrame:
+        rng = np.random.default_rng(7)
+        offsets = np.sort(rng.integers(0, 365 * 86_400 * 10**6, rows))
+        return pl.DataFrame(
+            {
+                "user": rng.integers(0, 100_000, rows),
+                "ts": np.datetime64("2025-01-01T00:00:00", "us") + offsets.astype("m8[us]"),
+                "amount": rng.gamma(2.0, 30.0, rows),
+            }
+        ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
+
+
+    @step
+    def labels(events: pl.DataFrame) -> pl.DataFrame:
+        return events.gather_every(10).select(
+            "user", pl.col("ts").dt.offset_by("1m").alias("t"), (pl.col("amount") > 70).alias("big")
+        )
+
+
+    @step
+    def features(events: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+        views = [
+            WindowView(
+                "spend",
+                entity=USER,
+                source=events,
+                timestamp="ts",
+                aggregations=[
+                    Aggregate("amount", f, w) for f in ("sum", "mean", "count") for w in WINDOWS
+                ],
+            ),
+            FeatureView(
+                "last", entity=USER, source=events, timestamp="ts", ttl="7d",
+                features=["amount"], prefix="last_",
+            ),
+        ]
+        return training_set(labels, views, timestamp="t").frame
+
+
+    @step
+    def model(features: pl.DataFrame, workers: int = 0, threads: int = 2) -> bytes:
+        names = [c for c in features.columns if c not in ("user", "t", "big")]
+        bundle = train_bundle(
+            features, features=names, label="big",
+            model=LightGBMModel(num_rounds=50, num_threads=threads), profile=False,
+            distributed=Distributed(workers=workers) if workers else None,
+        )
+        return bundle.to_bytes()
+    """
+)
+
+CONFIGS = ("local", "ray-1", "ray-2")
+STEPS = ("events", "labels", "features", "model")
+
+
+def _child(config: str, rows: int, out: str) -> None:
+    """One configuration in this process: run the pipeline, write figures to ``out``."""
+    from loopline.config import Settings
+    from loopline.pipeline.dag import load_pipeline
+    from loopline.pipeline.runner import Runner
+
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as home:
+        path = Path(home) / "scaling.py"
+        path.write_text(PIPELINE)
+        engine, workers = ("local", 2) if config == "local" else ("ray", int(config[4:]))
+        settings = Settings.load(start=home, search=False, env={}, engine=engine)
+        params = {"events.rows": rows}
+        if engine == "ray":
+            params |= {"model.workers": workers, "model.threads": 1}
+        started = time.perf_counter()
+        result = Runner(settings).run(
+            load_pipeline(path), params=params, no_cache=True, max_workers=workers
+        )
+        wall = time.perf_counter() - started
+        if not result.ok:
+            raise RuntimeError(f"{config}: {result.error}")
+        figures: dict[str, Any] = {
+            "wall": wall,
+            "steps": {name: result.steps[name].duration for name in STEPS},
+            "driver_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        Path(out).write_text(json.dumps(figures))
+
+
+def _measure(config: str, rows: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(
+            [sys.executable, "-m", "bench.ray_scaling", "child", config, str(rows), out.name],
+            check=True,
+            env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+        )
+        figures: dict[str, Any] = json.loads(Path(out.name).read_text())
+        return figures
+
+
+def run() -> str:
+    rows = env_int("LOOPLINE_BENCH_RAY_ROWS", ROWS, owner="bench.ray_scaling")
+    runs = {config: _measure(config, rows) for config in CONFIGS}
+    half = _measure("ray-2", rows // 2)
+    one, two = runs["ray-1"]["steps"], runs["ray-2"]["steps"]
+
+    def row(name: str) -> str:
+        local, r1, r2 = (runs[c]["steps"][name] for c in CONFIGS)
+        speedup = r1 / r2
+        return (
+            f"| {name} | {local:.1f} | {r1:.1f} | {r2:.1f} | {speedup:.2f}x | {speedup / 2:.0%} |"
+        )
+
+    partitioned = ("features", "model")
+    total1 = sum(one[s] for s in partitioned)
+    total2 = sum(two[s] for s in partitioned)
+    return "\n".join(
+        [
+            "## Ray: scaling out on 2 cores",
+            "",
+            f"A pipeline over {rows:,} generated events (100,000 users): generate, label "
+            f"every tenth event, a point-in-time training set of nine windowed "
+            f"aggregations and a latest value ({rows // 10:,} rows), LightGBM (50 rounds). "
+            f"Seconds per step, each configuration in a fresh process and cluster, the "
+            f"cache off. On Ray a worker is one CPU with one Polars thread; the training "
+            f"set's entity partitions and the model's data shards are Ray tasks. Speedup "
+            f"= ray-1 / ray-2; efficiency = speedup / 2.",
+            "",
+            "| step | local (2 threads) | Ray, 1 worker | Ray, 2 workers | speedup | efficiency |",
+            "|---|---:|---:|---:|---:|---:|",
+            *(row(name) for name in STEPS),
+            f"| partitioned steps (features + model) | "
+            f"{sum(runs['local']['steps'][s] for s in partitioned):.1f} | {total1:.1f} | "
+            f"{total2:.1f} | {total1 / total2:.2f}x | {total1 / total2 / 2:.0%} |",
+            f"| whole run (wall) | {runs['local']['wall']:.1f} | {runs['ray-1']['wall']:.1f} "
+            f"| {runs['ray-2']['wall']:.1f} | | |",
+            "",
+            f"- Driver peak memory (RSS), Ray with 2 workers: {half['driver_mb']:,.0f} MB at "
+            f"{rows // 2:,} rows, {runs['ray-2']['driver_mb']:,.0f} MB at {rows:,} "
+            f"(the local executor's process, which holds the data: "
+            f"{runs['local']['driver_mb']:,.0f} MB).",
+            f"- Versions: Ray {version('ray')}, Polars {version('polars')}, LightGBM "
+            f"{version('lightgbm')}, loopline {version('loopline')}.",
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        _child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        print(run())
+
+
+if __name__ == "__main__":
+    main()
