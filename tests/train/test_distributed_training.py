@@ -64,18 +64,23 @@ LIGHTGBM = LightGBMModel(num_rounds=60, num_threads=1)
 XGBOOST = XGBoostModel(num_rounds=60, max_depth=5, learning_rate=0.2, num_threads=1)
 
 
+SLOW = os.environ.get("LOOPLINE_SLOW_TESTS") == "1"
+"""Whether to run Ray Train fits: about a minute each on two cores (Ray Train starting its
+controller and worker group), more than the suite's ten-minute budget can hold."""
+
+
 @pytest.fixture(scope="module")
 def lightgbm_distributed(ray_cluster: None, train_rows: pl.DataFrame) -> ModelBundle:
+    if not SLOW:
+        pytest.skip("a Ray Train fit (~1 min); make test-slow runs it")
     return _train(train_rows, LIGHTGBM, TWO_WORKERS)
 
 
 @pytest.fixture(scope="module")
 def xgboost_distributed(ray_cluster: None, train_rows: pl.DataFrame) -> ModelBundle:
     pytest.importorskip("xgboost")
-    if os.environ.get("LOOPLINE_SLOW_TESTS") != "1":
-        # Each Ray Train fit costs about a minute here, mostly Ray Train starting its
-        # controller and worker group; the suite's budget holds one (LightGBM's).
-        pytest.skip("a second Ray Train fit (~1 min); run with LOOPLINE_SLOW_TESTS=1")
+    if not SLOW:
+        pytest.skip("a Ray Train fit (~1 min); make test-slow runs it")
     return _train(train_rows, XGBOOST, TWO_WORKERS)
 
 
