@@ -54,6 +54,7 @@ __all__ = [
     "SklearnModel",
     "XGBoostModel",
     "adapter_class",
+    "check_names",
     "check_target",
 ]
 
@@ -175,6 +176,26 @@ def check_target(y: Any, *, objective: str, name: str = "y") -> FloatArray:
 # -- the contract -------------------------------------------------------------------------
 
 
+def check_names(
+    owner: str, width: int, feature_names: Sequence[str] | None, categorical: Sequence[str]
+) -> tuple[str, ...]:
+    """The feature names of a ``width``-column matrix (``f0``, ``f1``, ... by default),
+    checked distinct and one per column, with every ``categorical`` name among them."""
+    names = tuple(f"f{i}" for i in range(width)) if feature_names is None else tuple(feature_names)
+    if len(names) != width or len(set(names)) != len(names):
+        raise TrainingError(
+            f"The 'feature_names' parameter of {owner} must be {width} distinct names, one "
+            f"per column of x. Got {list(names)!r}.",
+        )
+    unknown = [name for name in categorical if name not in names]
+    if unknown:
+        raise TrainingError(
+            f"The 'categorical' parameter of {owner} names columns that are not features: "
+            f"{', '.join(map(repr, unknown))}.",
+        )
+    return names
+
+
 class ModelAdapter(ABC):
     """One model kind behind the estimator contract (see the module docstring).
 
@@ -273,22 +294,9 @@ class ModelAdapter(ABC):
                 f"x has {matrix.shape[0]} rows but y has {target.shape[0]}; give one target "
                 "value per row.",
             )
-        names = (
-            tuple(f"f{i}" for i in range(matrix.shape[1]))
-            if feature_names is None
-            else tuple(feature_names)
+        names = check_names(
+            f"{type(self).__name__}.fit", matrix.shape[1], feature_names, categorical
         )
-        if len(names) != matrix.shape[1] or len(set(names)) != len(names):
-            raise TrainingError(
-                f"The 'feature_names' parameter of {type(self).__name__}.fit must be "
-                f"{matrix.shape[1]} distinct names, one per column of x. Got {list(names)!r}.",
-            )
-        unknown = [name for name in categorical if name not in names]
-        if unknown:
-            raise TrainingError(
-                f"The 'categorical' parameter of {type(self).__name__}.fit names columns "
-                f"that are not features: {', '.join(map(repr, unknown))}.",
-            )
         with self._translate("fit"):
             self._fit(matrix, target, names, tuple(categorical))
         self.n_features_in_ = matrix.shape[1]

@@ -41,7 +41,13 @@ import numpy as np
 import numpy.typing as npt
 
 from loopline.errors import ConfigError, LooplineError, TrainingError
-from loopline.train.adapters import LightGBMModel, ModelAdapter, XGBoostModel, check_target
+from loopline.train.adapters import (
+    LightGBMModel,
+    ModelAdapter,
+    XGBoostModel,
+    check_names,
+    check_target,
+)
 
 __all__ = ["DATA_PARALLEL_LEARNERS", "Distributed", "check_supported", "fit_distributed"]
 
@@ -370,21 +376,7 @@ def fit_distributed(
             f"x must be a 2-D matrix with one row per target value; got shape {matrix.shape} "
             f"for {target.shape[0]} targets.",
         )
-    names = (
-        tuple(f"f{i}" for i in range(matrix.shape[1]))
-        if feature_names is None
-        else tuple(feature_names)
-    )
-    if len(names) != matrix.shape[1] or len(set(names)) != len(names):
-        raise TrainingError(
-            f"'feature_names' must be {matrix.shape[1]} distinct names, one per column of x. "
-            f"Got {list(names)!r}.",
-        )
-    unknown = [name for name in categorical if name not in names]
-    if unknown:
-        raise TrainingError(
-            f"'categorical' names columns that are not features: {', '.join(map(repr, unknown))}.",
-        )
+    names = check_names("fit_distributed", matrix.shape[1], feature_names, categorical)
     if matrix.shape[0] < distributed.workers:
         raise TrainingError(
             f"{matrix.shape[0]} training rows cannot be split over {distributed.workers} "
