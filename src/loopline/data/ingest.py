@@ -39,6 +39,7 @@ import contextvars
 import hashlib
 import importlib
 import io
+import operator
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -298,14 +299,10 @@ def _ingest_partitions(
             yield _ingest_partition(ws, source, partition, position, validator, cursor_column)
         return
     tasks = [_Group(source, group, contract, cursor_column) for group in groups]
-    for written, checked in map_partitions(_run_group, tasks, name="ingest", workspace=ws):
+    for written, checked in map_partitions(operator.call, tasks, name="ingest", workspace=ws):
         if validator is not None:
             validator.merge(checked)
         yield from written
-
-
-def _run_group(group: _Group) -> tuple[list[_Written], Any]:
-    return group()
 
 
 def _groups(todo: Sequence[tuple[int, Partition]]) -> list[tuple[tuple[int, Partition], ...]]:

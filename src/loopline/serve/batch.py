@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import operator
 import os
 import shutil
 import time
@@ -317,10 +318,6 @@ def _bundle(data: bytes, content_hash: str) -> ModelBundle:
     return bundle
 
 
-def _run_range(task: _RangeTask) -> int:
-    return task()
-
-
 def _score_on_ray(
     bundle: ModelBundle,
     reader: _Source,
@@ -337,7 +334,7 @@ def _score_on_ray(
         for first, end in ranges
     ]
     try:
-        rows = sum(map_partitions(_run_range, tasks, name="predict"))
+        rows = sum(map_partitions(operator.call, tasks, name="predict"))
     except BaseException:
         writer.discard_parts(folder)
         raise
