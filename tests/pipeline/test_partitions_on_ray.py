@@ -268,3 +268,30 @@ def test_batch_scoring_on_ray_writes_what_the_local_engine_writes(tmp_path: Path
         assert written["ray", name] == written["local", name], name
     assert written["local", "scored"][0] == 9
     assert not list((tmp_path / "ray").glob(".*"))  # no scratch left behind
+
+
+def test_frames_travel_as_arrow_and_come_back_with_their_schema(tmp_path: Path) -> None:
+    ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
+    frame = pl.DataFrame(
+        {
+            "kind": pl.Series(["a", "b", None], dtype=pl.Enum(["a", "b", "c"])),
+            "carrier": pl.Series(["AA", "DL", "AA"], dtype=pl.Categorical),
+            "at": [datetime(2026, 1, 1, tzinfo=UTC)] * 3,
+            "tags": [[1, 2], [], None],
+            "pair": [{"x": 1, "y": "u"}, {"x": 2, "y": None}, None],
+            "amount": [1.5, None, float("nan")],
+        }
+    )
+    echoed = map_partitions(_echo, [frame, frame.head(1), frame.clear()], name="echo", workspace=ws)
+    for sent, (back, pid) in zip([frame, frame.head(1), frame.clear()], echoed, strict=True):
+        assert pid != os.getpid()
+        assert back.schema == sent.schema
+        assert back.equals(sent)
+    # An Object column has no Arrow type (and Polars does not pickle it): refused by name.
+    objects = pl.DataFrame({"n": [1, 2], "o": pl.Series([(1,), (2,)], dtype=pl.Object)})
+    with pytest.raises(Exception, match=r"Object column\(s\) \['o'\] cannot travel"):
+        map_partitions(_echo, [objects, objects], name="objects", workspace=ws)
+
+
+def _echo(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    return frame, os.getpid()

@@ -8,6 +8,9 @@ held to that many threads, run again by Ray when its worker process dies); anywh
 else the items run one after another in this thread, which keeps memory to one
 partition at a time. The function, its items and its results travel through Ray's
 object store, so they should be small records or Arrow/Polars data, never open files.
+Polars frames travel as Arrow tables: Ray passes their buffers without pickling them
+(tens of times faster than a frame's own pickle, which copies and encodes every column),
+and they come back as Polars frames of the same schema.
 
 An exception raised by ``fn`` is raised again here as itself (not wrapped by Ray), so
 callers handle a failed partition as they would locally.
@@ -27,7 +30,7 @@ from typing import Any, TypeVar
 
 from loopline.data.workspace import Workspace, current_workspace, use_workspace
 
-__all__ = ["WORKER_RETRIES", "map_partitions", "on_ray", "ray_cpus"]
+__all__ = ["WORKER_RETRIES", "frames_as_arrow", "map_partitions", "on_ray", "ray_cpus"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -73,6 +76,7 @@ def map_partitions(
             return [fn(item) for item in items]
     import ray
 
+    frames_as_arrow()
     remote = ray.remote(
         num_cpus=1,
         max_retries=WORKER_RETRIES,
@@ -98,6 +102,7 @@ def map_partitions(
 
 def _partition(fn: Callable[[Any], Any], item: Any, ws: Workspace) -> tuple[bool, Any]:
     """One partition on a Ray worker: ``(failed, value or pickled exception)``."""
+    frames_as_arrow()
     try:
         with use_workspace(ws):
             return False, fn(item)
@@ -106,6 +111,48 @@ def _partition(fn: Callable[[Any], Any], item: Any, ws: Workspace) -> tuple[bool
             return True, pickle.dumps(exc)
         except Exception:  # an exception that does not pickle: keep its text
             return True, pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
+
+
+_ARROW_REGISTERED = False
+
+
+def frames_as_arrow() -> None:
+    """Have Ray serialize Polars frames in this process as Arrow tables (once per process).
+
+    Ray's serializer for Arrow hands the column buffers to the object store as they are;
+    the frame's own pickle would encode them into one byte string first. A frame with an
+    ``Object`` column, which neither can hold, is refused with a ``TypeError``.
+    """
+    global _ARROW_REGISTERED
+    if _ARROW_REGISTERED:
+        return
+    import polars as pl
+    import ray.util
+
+    ray.util.register_serializer(pl.DataFrame, serializer=_frame_out, deserializer=_frame_in)
+    _ARROW_REGISTERED = True
+
+
+def _frame_out(frame: Any) -> Any:
+    import polars as pl
+
+    objects = [name for name, dtype in frame.schema.items() if dtype == pl.Object]
+    if objects:
+        # Arrow would hold them as raw pointers, and Polars cannot pickle them either; an
+        # error raised here would be lost in Ray's fallbacks, so the receiver raises it.
+        return (
+            f"A Polars frame with Object column(s) {objects} cannot travel between Ray "
+            "processes; cast them to a Polars type (a string, a struct) first."
+        )
+    return frame.to_arrow()
+
+
+def _frame_in(table: Any) -> Any:
+    import polars as pl
+
+    if isinstance(table, str):
+        raise TypeError(table)
+    return pl.from_arrow(table, rechunk=False)
 
 
 def _error(data: bytes) -> BaseException:
