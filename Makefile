@@ -6,7 +6,7 @@ UV := $(BIN)/uv
 STAMP_DEV := $(VENV)/.installed-dev
 STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: demo test test-slow lint bench format clean install
+.PHONY: demo test lint bench format clean install
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,6 @@ lint: $(STAMP_DEV)
 
 test: lint
 	$(BIN)/python -m pytest -q
-
-# Tests too slow for the suite's budget: the Ray Train fits (about a minute each).
-test-slow: $(STAMP_DEV)
-	LOOPLINE_SLOW_TESTS=1 $(BIN)/python -m pytest -q tests/train/test_distributed_training.py
 
 bench: $(STAMP_BENCH)
 	$(BIN)/python -m bench

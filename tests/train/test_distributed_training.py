@@ -1,13 +1,12 @@
-"""Data-parallel training on Ray Train: the same bundle, metrics close to one node's.
+"""Data-parallel training on Ray workers: the same bundle, metrics close to one node's.
 
-Each library is trained distributed once (a module fixture: starting a Ray Train worker
-group costs seconds, tens of them on a busy two-core machine) on the session's local
-Ray cluster (``ray_cluster``, two CPUs), with two workers of one CPU each.
+Each library is trained distributed once (a module fixture: the first fit starts the
+workers' processes, seconds on a busy two-core machine) on the session's local Ray
+cluster (``ray_cluster``, two CPUs), with two workers of one CPU each.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
@@ -64,23 +63,14 @@ LIGHTGBM = LightGBMModel(num_rounds=60, num_threads=1)
 XGBOOST = XGBoostModel(num_rounds=60, max_depth=5, learning_rate=0.2, num_threads=1)
 
 
-SLOW = os.environ.get("LOOPLINE_SLOW_TESTS") == "1"
-"""Whether to run Ray Train fits: about a minute each on two cores (Ray Train starting its
-controller and worker group), more than the suite's ten-minute budget can hold."""
-
-
 @pytest.fixture(scope="module")
 def lightgbm_distributed(ray_cluster: None, train_rows: pl.DataFrame) -> ModelBundle:
-    if not SLOW:
-        pytest.skip("a Ray Train fit (~1 min); make test-slow runs it")
     return _train(train_rows, LIGHTGBM, TWO_WORKERS)
 
 
 @pytest.fixture(scope="module")
 def xgboost_distributed(ray_cluster: None, train_rows: pl.DataFrame) -> ModelBundle:
     pytest.importorskip("xgboost")
-    if not SLOW:
-        pytest.skip("a Ray Train fit (~1 min); make test-slow runs it")
     return _train(train_rows, XGBOOST, TWO_WORKERS)
 
 
@@ -179,3 +169,24 @@ def test_more_cpus_than_the_cluster_has_are_refused() -> None:
     x = np.arange(20.0).reshape(10, 2)
     with pytest.raises(TrainingError, match="needs 3 CPUs, but the Ray cluster has 2"):
         fit_distributed(LightGBMModel(), x, x[:, 0] > 4, distributed=Distributed(workers=3))
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        (LightGBMModel(num_rounds=5, params={"max_bin": 1}), r"max_bin\) > \(1\)"),
+        (XGBoostModel(num_rounds=5, params={"max_bin": 1}), "max_bin should be greater"),
+    ],
+    ids=["lightgbm", "xgboost"],
+)
+def test_a_worker_failing_mid_fit_fails_the_fit_with_its_error(
+    model: ModelAdapter, says: str
+) -> None:
+    """The workers' own error, not a hang: the other worker waits on the network for the
+    failed one, so it is cancelled."""
+    if isinstance(model, XGBoostModel):
+        pytest.importorskip("xgboost")
+    x = np.random.default_rng(0).normal(size=(400, 3))
+    with pytest.raises(TrainingError, match=f"training on 2 Ray workers failed.*{says}"):
+        fit_distributed(model, x, x[:, 0] > 0, distributed=TWO_WORKERS)

@@ -991,7 +991,7 @@ def train_bundle(
     profile
         Whether to keep the profile of the training rows' feature and label columns.
     distributed
-        Train the model data-parallel on Ray Train workers (``Distributed(workers=4)``)
+        Train the model data-parallel on Ray workers (``Distributed(workers=4)``)
         when the training rows number at least its ``min_rows``; the preprocessing is
         still fitted here, on every row. LightGBM and XGBoost only; the bundle is the
         same kind of bundle. See ``loopline.train.distributed``.

@@ -1,18 +1,23 @@
-"""Data-parallel training: one LightGBM or XGBoost model from row shards on Ray Train workers.
+"""Data-parallel training: one LightGBM or XGBoost model from row shards on Ray workers.
 
 ``train_bundle(..., distributed=Distributed(workers=4))`` fits the preprocessing in the
 calling process, as always (category vocabularies and fill values must be the same for
 every row, so they are learned from all of them), then splits the encoded matrix into
-``workers`` contiguous row shards, puts each in Ray's object store and starts a Ray Train
-worker group (``ray.train.lightgbm.LightGBMTrainer`` or
-``ray.train.xgboost.XGBoostTrainer``). Each worker reads only its own shard and joins one
-training run:
+``workers`` contiguous row shards and puts each in Ray's object store. The workers' CPUs
+are reserved together (a placement group: the workers of one run wait for each other on
+the network, so they start together or not at all), and one Ray task per worker reads
+only its own shard and joins one training run:
 
-- LightGBM: ``tree_learner='data'`` with ``pre_partition``, and the network parameters
-  Ray Train gives (``ray.train.lightgbm.get_network_params()``): per-shard histograms
-  are summed over the network at every split.
-- XGBoost: the ``hist`` method inside the collective (rabit) context Ray Train sets up:
-  quantile sketches and gradient histograms are merged across workers.
+- LightGBM: ``tree_learner='data'`` with ``pre_partition`` and LightGBM's own network
+  (``machines``: an address and free port found on each worker's node first): per-shard
+  histograms are summed over the network at every split.
+- XGBoost: the ``hist`` method inside xgboost's collective, with a tracker started in the
+  calling process: quantile sketches and gradient histograms are merged across workers.
+
+This is what Ray Train's ``LightGBMTrainer`` and ``XGBoostTrainer`` do, without their
+controller and worker-group actors, whose start cost 40 to 50 seconds per fit on two
+cores (decision 0024). A failed worker fails the fit with its own error, and the others,
+which would wait for it forever, are cancelled.
 
 Rank 0 returns its model file (every rank holds the same model) and the adapter reads
 it as it reads a saved one, so the bundle has the usual format and predicts like any
@@ -28,11 +33,8 @@ and stopped or left afterwards.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
-import shutil
-import tempfile
-import uuid
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,7 +42,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from loopline.errors import ConfigError, LooplineError, TrainingError
+from loopline.errors import ConfigError, TrainingError
 from loopline.train.adapters import (
     LightGBMModel,
     ModelAdapter,
@@ -74,12 +76,12 @@ def _positive(name: str, value: object) -> None:
 
 @dataclass(frozen=True)
 class Distributed:
-    """How to train data-parallel on Ray Train workers (see the module docstring).
+    """How to train data-parallel on Ray workers (see the module docstring).
 
     Parameters
     ----------
     workers
-        Ray Train workers; the training rows are split into this many contiguous shards.
+        Ray workers; the training rows are split into this many contiguous shards.
     cpus_per_worker
         CPUs each worker reserves, and the threads LightGBM or XGBoost uses on it (in
         place of the adapter's ``num_threads``, which still sets prediction threads).
@@ -156,23 +158,30 @@ def _xgboost_params(model: XGBoostModel, settings: Distributed) -> dict[str, Any
     return {**model.training_params(), "nthread": int(settings.cpus_per_worker)}
 
 
-def _train_shard(config: dict[str, Any]) -> bytes | None:
-    """One Ray Train worker: its shard, one collective training run, rank 0's model file."""
-    import ray
-    import ray.train
-
-    rank = ray.train.get_context().get_world_rank()
-    x, y = ray.get(config["shards"][rank])
-    train = _lightgbm_shard if config["kind"] == LightGBMModel.kind else _xgboost_shard
-    data = train(config, x, y)
+def _train_shard(
+    config: dict[str, Any], rank: int, network: dict[str, Any], shard: tuple[Any, Any]
+) -> bytes | None:
+    """One worker: its shard, one collective training run, rank 0's model file."""
+    x, y = shard
+    if config["kind"] == LightGBMModel.kind:
+        data = _lightgbm_shard(config, rank, network, x, y)
+    else:
+        data = _xgboost_shard(config, rank, network, x, y)
     return data if rank == 0 else None
 
 
-def _lightgbm_shard(config: dict[str, Any], x: FloatArray, y: FloatArray) -> bytes:
+def _lightgbm_shard(
+    config: dict[str, Any], rank: int, network: dict[str, Any], x: FloatArray, y: FloatArray
+) -> bytes:
     import lightgbm as lgb
-    from ray.train.lightgbm import get_network_params
 
-    params = {**config["params"], **get_network_params()}
+    machines = network["machines"]
+    params = {
+        **config["params"],
+        "machines": ",".join(f"{host}:{port}" for host, port in machines),
+        "local_listen_port": machines[rank][1],
+        "num_machines": len(machines),
+    }
     dataset = lgb.Dataset(
         x,
         label=y,
@@ -187,24 +196,39 @@ def _lightgbm_shard(config: dict[str, Any], x: FloatArray, y: FloatArray) -> byt
     ).encode()
 
 
-def _xgboost_shard(config: dict[str, Any], x: FloatArray, y: FloatArray) -> bytes:
+def _xgboost_shard(
+    config: dict[str, Any], rank: int, network: dict[str, Any], x: FloatArray, y: FloatArray
+) -> bytes:
     import xgboost as xgb
 
-    # Ray Train's XGBoostConfig runs the worker function inside xgboost's collective
-    # (rabit) context, so this is one training run over every worker's rows.
     params = dict(config["params"])
     names, categorical = list(config["names"]), set(config["categorical"])
     types = ["c" if name in categorical else "q" for name in names]
-    matrix = xgb.DMatrix(
-        x,
-        label=y,
-        feature_names=names,
-        feature_types=types,
-        enable_categorical="c" in types,
-        nthread=int(params["nthread"]),
-    )
-    booster = xgb.train(params, matrix, num_boost_round=int(config["rounds"]))
+    # Inside the communicator (the tracker the caller started), the sketches and the
+    # gradient histograms are merged over every worker: one training run.
+    with xgb.collective.CommunicatorContext(**network["tracker"], dmlc_task_id=str(rank)):
+        matrix = xgb.DMatrix(
+            x,
+            label=y,
+            feature_names=names,
+            feature_types=types,
+            enable_categorical="c" in types,
+            nthread=int(params["nthread"]),
+        )
+        booster = xgb.train(params, matrix, num_boost_round=int(config["rounds"]))
     return bytes(booster.save_raw("json"))
+
+
+def _listen_address() -> tuple[str, int]:
+    """This worker's node address and a port free on it (LightGBM listens there)."""
+    import socket
+
+    ray: Any = importlib.import_module("ray")
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        port = int(probe.getsockname()[1])
+    return str(ray.util.get_node_ip_address()), port
 
 
 # -- Ray ------------------------------------------------------------------------------------
@@ -213,11 +237,10 @@ def _xgboost_shard(config: dict[str, Any], x: FloatArray, y: FloatArray) -> byte
 def _import_ray() -> Any:
     try:
         import ray
-        import ray.train
     except ImportError as exc:
         raise ConfigError(
-            "Distributed training needs Ray Train: pip install 'loopline[ray]', or train on "
-            "one node (distributed=None).",
+            "Distributed training needs Ray: pip install 'loopline[ray]', or train on one "
+            "node (distributed=None).",
         ) from exc
     return ray
 
@@ -252,7 +275,7 @@ def _connected(ray: Any, settings: Distributed) -> Iterator[None]:
 
 
 def _check_capacity(ray: Any, settings: Distributed) -> None:
-    # Ray Train would wait for CPUs the cluster does not have rather than fail.
+    # The workers' CPUs are reserved together; a cluster without them would wait forever.
     total = float(ray.cluster_resources().get("CPU", 0.0))
     if total < settings.cpus:
         raise TrainingError(
@@ -264,70 +287,101 @@ def _check_capacity(ray: Any, settings: Distributed) -> None:
 
 
 def _failure(exc: BaseException) -> str:
-    """The first worker's error, or Ray Train's own, in one line."""
-    failures = getattr(exc, "worker_failures", None)
-    if isinstance(failures, dict) and failures:
-        rank, error = sorted(failures.items())[0]
-        detail = " ".join(str(error).split()) or type(error).__name__
-        return f"worker {rank}: {detail[:2000]}"
-    return " ".join(str(exc).split())[:2000] or type(exc).__name__
+    """A worker's error in one line: what it raised, not Ray's wrapping of it."""
+    cause = getattr(exc, "cause", None)
+    error = cause if isinstance(cause, BaseException) else exc
+    detail = " ".join(str(error).split()) or type(error).__name__
+    return detail[:2000]
+
+
+@contextlib.contextmanager
+def _reserved(ray: Any, settings: Distributed) -> Iterator[list[Any]]:
+    """A placement group of one bundle per worker, and each bundle's scheduling strategy.
+
+    The workers of one run start together or not at all (each waits for the others on
+    the network), so their CPUs are reserved as one group before any of them starts.
+    """
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = placement_group(
+        [{"CPU": float(settings.cpus_per_worker)}] * int(settings.workers), strategy="PACK"
+    )
+    try:
+        ray.get(group.ready())
+        yield [
+            PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank)
+            for rank in range(int(settings.workers))
+        ]
+    finally:
+        remove_placement_group(group)
+
+
+@contextlib.contextmanager
+def _network(ray: Any, kind: str, strategies: list[Any]) -> Iterator[dict[str, Any]]:
+    """What the workers need to find each other: LightGBM's machine list (an address on
+    each worker's node) or the address of an XGBoost tracker run here."""
+    if kind == LightGBMModel.kind:
+        probe = ray.remote(num_cpus=0)(_listen_address)
+        refs = [probe.options(scheduling_strategy=s).remote() for s in strategies]
+        yield {"machines": ray.get(refs)}
+        return
+    from xgboost.tracker import RabitTracker
+
+    tracker = RabitTracker(
+        n_workers=len(strategies), host_ip=str(ray.util.get_node_ip_address()), sortby="task"
+    )
+    tracker.start()
+    try:
+        yield {"tracker": tracker.worker_args()}
+    finally:
+        tracker.free()
 
 
 def _run(
     ray: Any,
     kind: str,
     config: dict[str, Any],
+    shards: list[Any],
     settings: Distributed,
 ) -> bytes:
-    from ray.train import RunConfig, ScalingConfig
-
-    scaling = ScalingConfig(
-        num_workers=int(settings.workers),
-        resources_per_worker={"CPU": float(settings.cpus_per_worker)},
-    )
-    # Nothing is checkpointed; Ray Train keeps its run state here, removed afterwards.
-    storage = tempfile.mkdtemp(prefix="loopline-train-")
-    run = RunConfig(name=f"loopline-{kind}-{uuid.uuid4().hex[:8]}", storage_path=storage)
-    try:
-        with warnings.catch_warnings():
-            # Ray Data's default context, built when Ray Train first needs it, warns
-            # about its own deprecated defaults: not ours to fix, and fatal under -W error.
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data\.")
-            trainer_class: Any
-            if kind == LightGBMModel.kind:
-                from ray.train.lightgbm import LightGBMTrainer
-
-                trainer_class = LightGBMTrainer
-            else:
-                from ray.train.xgboost import XGBoostTrainer
-
-                trainer_class = XGBoostTrainer
-            # Rank 0's return value comes back as result.return_value (Ray Train 2.5x+).
-            trainer = trainer_class(
-                _train_shard, train_loop_config=config, scaling_config=scaling, run_config=run
-            )
-            result = trainer.fit()
-    except LooplineError:
-        raise
-    except Exception as exc:  # Ray Train's TrainingFailedError and what it wraps
-        raise TrainingError(
-            f"Distributed {kind} training on {settings.workers} Ray workers failed "
-            f"({_failure(exc)}). Check the model's parameters and the training rows; "
-            "'ray status' shows the cluster, and the same model trains on one node with "
-            "distributed=None.",
-            kind=kind,
-        ) from exc
-    finally:
-        shutil.rmtree(storage, ignore_errors=True)
-    data = getattr(result, "return_value", None)
-    if not isinstance(data, bytes | bytearray) or not data:
+    train = ray.remote(_train_shard)
+    with _reserved(ray, settings) as strategies, _network(ray, kind, strategies) as network:
+        refs = [
+            train.options(
+                scheduling_strategy=strategy,
+                num_cpus=float(settings.cpus_per_worker),
+                max_retries=0,  # one rank alone cannot rejoin a run: the step is retried
+                name=f"loopline:train[{rank}]",
+            ).remote(config, rank, network, shards[rank])
+            for rank, strategy in enumerate(strategies)
+        ]
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done[0])
+        except Exception as exc:
+            for ref in pending:
+                ray.cancel(ref, force=True)  # the others wait for the failed one forever
+            for ref in pending:  # collected, so that Ray does not log them as unhandled
+                with contextlib.suppress(Exception):
+                    ray.get(ref, timeout=30)
+            raise TrainingError(
+                f"Distributed {kind} training on {settings.workers} Ray workers failed "
+                f"({_failure(exc)}). Check the model's parameters and the training rows; "
+                "'ray status' shows the cluster, and the same model trains on one node "
+                "with distributed=None.",
+                kind=kind,
+            ) from exc
+        data = ray.get(refs[0])
+    if not isinstance(data, bytes) or not data:
         raise TrainingError(
             f"Distributed {kind} training finished without a model from worker 0 (got "
-            f"{type(data).__name__}). This Ray version may not return training results "
-            "(Ray Train 2.5x or later does); train on one node with distributed=None.",
+            f"{type(data).__name__}).",
             kind=kind,
         )
-    return bytes(data)
+    return data
 
 
 # -- the entry point ------------------------------------------------------------------------
@@ -337,7 +391,7 @@ def check_supported(model: ModelAdapter) -> LightGBMModel | XGBoostModel:
     """``model`` if it can train data-parallel, else ``TrainingError`` saying what can."""
     if not isinstance(model, LightGBMModel | XGBoostModel):
         raise TrainingError(
-            f"{type(model).__name__} cannot train distributed: Ray Train data-parallel "
+            f"{type(model).__name__} cannot train distributed: data-parallel "
             "training is built for LightGBMModel and XGBoostModel only (a scikit-learn "
             "estimator has no way to merge what workers learn). Train it on one node "
             "(distributed=None), or use LightGBMModel or XGBoostModel.",
@@ -355,7 +409,7 @@ def fit_distributed(
     feature_names: Sequence[str] | None = None,
     categorical: Sequence[str] = (),
 ) -> A:
-    """A fitted copy of ``model`` (same class and parameters), trained on Ray Train workers.
+    """A fitted copy of ``model`` (same class and parameters), trained on Ray workers.
 
     ``x``, ``y``, ``feature_names`` and ``categorical`` are as for ``ModelAdapter.fit``;
     ``model`` itself is not changed. Only LightGBM and XGBoost train data-parallel; a
@@ -402,7 +456,6 @@ def fit_distributed(
             "rounds": int(native.num_rounds),
             "names": names,
             "categorical": tuple(categorical),
-            "shards": shards,
         }
-        data = _run(ray, native.kind, config, distributed)
+        data = _run(ray, native.kind, config, shards, distributed)
     return type(model).from_bytes(data, **model.to_params())
