@@ -110,6 +110,34 @@ def test_partitions_run_as_ray_tasks_in_order(tmp_path: Path) -> None:
     assert os.getpid() not in {pid for _, pid in pids}
 
 
+def test_inside_a_task_the_caller_takes_partitions_too(tmp_path: Path) -> None:
+    """A step's task holds a CPU: it works through the list from the back while Ray tasks
+    take it from the front, and the results still come in item order."""
+    ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
+    items = [0.4, 0.3, 0.2, 0.1, 0.0, 0.05]
+
+    @ray.remote(num_cpus=1)
+    def step() -> tuple[int, list[tuple[float, int]]]:
+        return os.getpid(), map_partitions(_pid_after, items, name="help", workspace=ws)
+
+    caller, done = ray.get(step.remote())
+    assert [value for value, _ in done] == items
+    assert done[-1][1] == caller  # the caller starts at the back, before any task returns
+    assert caller != os.getpid()
+
+
+def test_an_error_in_the_callers_partition_is_raised_as_itself(tmp_path: Path) -> None:
+    ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
+
+    @ray.remote(num_cpus=1)
+    def step() -> list[int]:
+        # A Ray task takes item 0; the caller takes 2, then 1 (unless a task is free first).
+        return map_partitions(_fails_on_one, [0, 1, 2], name="fails", workspace=ws)
+
+    with pytest.raises(ContractError, match="partition 1 broke"):
+        ray.get(step.remote())
+
+
 def _pid_after(seconds: float) -> tuple[float, int]:
     time.sleep(seconds)
     return seconds, os.getpid()

@@ -23,6 +23,7 @@ Examples
 
 from __future__ import annotations
 
+import collections
 import importlib
 import pickle
 from collections.abc import Callable, Sequence
@@ -69,6 +70,12 @@ def map_partitions(
     ``fn`` runs with ``workspace`` (the current one by default) as its workspace, so
     artifacts it writes and records it makes land where the step's would. ``name``
     names the tasks (``loopline:NAME[i]``) in Ray's tools and process titles.
+
+    Called inside a Ray task (a step on the ``ray`` engine), the calling process works
+    too: it holds a CPU of its own, so Ray tasks take items from the front of the list,
+    one per other CPU of the cluster, while the caller takes them from the back until
+    none is left. A worker that starts slowly costs the caller nothing, and on a
+    one-CPU cluster the caller does the whole list itself.
     """
     ws = workspace or current_workspace()
     if len(items) < 2 or not on_ray(ws):
@@ -77,27 +84,67 @@ def map_partitions(
     import ray
 
     frames_as_arrow()
-    remote = ray.remote(
-        num_cpus=1,
-        max_retries=WORKER_RETRIES,
-        retry_exceptions=False,
-    )(_partition)
-    refs = [
-        remote.options(name=f"loopline:{name}[{i}]").remote(fn, item, ws)
-        for i, item in enumerate(items)
-    ]
-    results: list[_R] = []
-    try:
-        for ref in refs:
-            failed, value = ray.get(ref)
-            if failed:
-                raise _error(value)
-            results.append(value)
-    except BaseException:
-        for ref in refs:
-            ray.cancel(ref)
-        raise
-    return results
+    return _Fanout(ray, fn, items, name, ws).run()
+
+
+class _Fanout:
+    """One ``map_partitions`` on Ray: items out to tasks (and to the caller), results in."""
+
+    def __init__(
+        self, ray: Any, fn: Callable[[Any], Any], items: Sequence[Any], name: str, ws: Workspace
+    ) -> None:
+        self.ray, self.fn, self.items, self.name, self.ws = ray, fn, items, name, ws
+        self.remote = ray.remote(
+            num_cpus=1,
+            max_retries=WORKER_RETRIES,
+            retry_exceptions=False,
+        )(_partition)
+        # A driver holds no CPU of the cluster, and may be a laptop: it only waits.
+        self.helping = ray.get_runtime_context().get_task_id() is not None
+        self.slots = ray_cpus() - 1 if self.helping else len(items)
+        self.todo = collections.deque(range(len(items)))
+        self.running: dict[Any, int] = {}
+
+    def run(self) -> list[Any]:
+        results: dict[int, Any] = {}
+        try:
+            self._top_up()
+            while self.todo or self.running:
+                if self.helping and self.todo:
+                    index = self.todo.pop()
+                    with use_workspace(self.ws):
+                        results[index] = self.fn(self.items[index])
+                    ready = self._ready(timeout=0)
+                else:
+                    ready = self._ready(timeout=None)
+                for ref in ready:
+                    failed, value = self.ray.get(ref)
+                    if failed:
+                        raise _error(value)
+                    results[self.running.pop(ref)] = value
+                self._top_up()
+        except BaseException:
+            for ref in self.running:
+                self.ray.cancel(ref)
+            raise
+        return [results[index] for index in range(len(self.items))]
+
+    def _top_up(self) -> None:
+        while self.todo and len(self.running) < self.slots:
+            index = self.todo.popleft()
+            ref = self.remote.options(name=f"loopline:{self.name}[{index}]").remote(
+                self.fn, self.items[index], self.ws
+            )
+            self.running[ref] = index
+
+    def _ready(self, *, timeout: float | None) -> list[Any]:
+        if not self.running:
+            return []
+        pending = list(self.running)
+        ready, _ = self.ray.wait(
+            pending, num_returns=len(pending) if timeout == 0 else 1, timeout=timeout
+        )
+        return list(ready)
 
 
 def _partition(fn: Callable[[Any], Any], item: Any, ws: Workspace) -> tuple[bool, Any]:

@@ -17,8 +17,10 @@ Ray is imported when an executor is made, so loopline imports without it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -82,6 +84,29 @@ class RayExecutor(ShutsDown):
             self._pending.pop(future, None)
 
 
+WORKER_PROCESSES = 2
+"""Idle worker processes a local cluster keeps, per CPU. A step's task waiting for its
+partitions holds a process while every CPU runs a partition in another, so a busy cluster
+uses more processes than CPUs; Ray's default keeps one per CPU and kills the others once
+idle, and the next partitioned step waits seconds for new ones to start and import
+loopline."""
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the block (for processes started in it)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -95,16 +120,20 @@ def _import_ray() -> Any:
 
 def _connect(ray: Any, address: str | None, num_cpus: int | None) -> None:
     if address is None:
-        ray.init(
-            # "local": a new cluster, even where 'ray start' left one running here.
-            address="local",
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            log_to_driver=False,
-            # A task holds one CPU: Polars gets one thread there, as Ray gives OpenMP one
-            # (OMP_NUM_THREADS=1), rather than a thread per core in every worker.
-            runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1"}},
-        )
+        cpus = num_cpus or os.cpu_count() or 1
+        # A task holds one CPU: Polars gets one thread there, as Ray gives OpenMP one
+        # (OMP_NUM_THREADS=1), rather than a thread per core in every worker. Set in the
+        # environment the cluster's processes inherit, not as a runtime_env: Ray starts
+        # a worker per CPU with the cluster, and uses those only for jobs without one.
+        with _environment(POLARS_MAX_THREADS="1"):
+            ray.init(
+                # "local": a new cluster, even where 'ray start' left one running here.
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                _system_config={"num_workers_soft_limit": WORKER_PROCESSES * cpus},
+            )
         return
     try:
         ray.init(address=address, log_to_driver=False)
