@@ -13,7 +13,9 @@ executor; Polars and LightGBM use both cores), ``ray-1`` (a Ray cluster of one C
 cluster sets ``POLARS_MAX_THREADS=1``), so ``ray-1`` is one worker's speed and
 ``ray-2 / ray-1`` the speedup of a second worker. The driver's peak memory (the process
 that runs the pipeline; its steps run in Ray's workers) is measured at ``ROWS`` and half
-of it.
+of it. Last, the machine's own ceiling for two workers: one worker's share of the
+features step (half the users) in a plain process with one Polars thread, alone and then
+beside a second copy.
 
 Run alone: ``python -m bench ray_scaling`` (``LOOPLINE_BENCH_RAY_ROWS`` for another size).
 """
@@ -135,6 +137,48 @@ def _child(config: str, rows: int, out: str) -> None:
         Path(out).write_text(json.dumps(figures))
 
 
+def _ceiling_child(rows: int, out: str) -> None:
+    """Half the features step's work (the users of one entity partition), in this
+    process with one Polars thread and no Ray: what one worker's share costs alone."""
+    import polars as pl
+
+    from loopline.pipeline.dag import load_pipeline
+
+    with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as home:
+        path = Path(home) / "scaling.py"
+        path.write_text(PIPELINE)
+        steps = load_pipeline(path).steps
+        half = steps["events"](rows).filter(pl.col("user") % 2 == 0)
+        labels = steps["labels"](half)
+        started = time.perf_counter()
+        steps["features"](half, labels)
+        Path(out).write_text(json.dumps({"seconds": time.perf_counter() - started}))
+
+
+def _ceiling(rows: int) -> tuple[float, float]:
+    """Seconds of one worker's share alone, and (the mean) with two running at once."""
+
+    root = str(Path(__file__).resolve().parents[1])
+
+    def start(out: str) -> subprocess.Popen[bytes]:
+        # In a scratch folder: the training set outside a run opens the folder's workspace.
+        return subprocess.Popen(
+            [sys.executable, "-m", "bench.ray_scaling", "ceiling", str(rows), out],
+            env={**os.environ, "POLARS_MAX_THREADS": "1", "PYTHONPATH": root},
+            cwd=str(Path(out).parent),
+        )
+
+    with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as folder:
+        outs = [str(Path(folder) / f"{i}.json") for i in range(3)]
+        if start(outs[0]).wait() != 0:
+            raise RuntimeError("the ceiling measurement failed")
+        pair = [start(outs[1]), start(outs[2])]
+        if any(proc.wait() != 0 for proc in pair):
+            raise RuntimeError("the ceiling measurement failed")
+        seconds = [json.loads(Path(out).read_text())["seconds"] for out in outs]
+    return seconds[0], (seconds[1] + seconds[2]) / 2
+
+
 def _measure(config: str, rows: int) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run(
@@ -150,6 +194,7 @@ def run() -> str:
     rows = env_int("LOOPLINE_BENCH_RAY_ROWS", ROWS, owner="bench.ray_scaling")
     runs = {config: _measure(config, rows) for config in CONFIGS}
     half = _measure("ray-2", rows // 2)
+    alone, together = _ceiling(rows)
     one, two = runs["ray-1"]["steps"], runs["ray-2"]["steps"]
 
     def row(name: str) -> str:
@@ -187,6 +232,12 @@ def run() -> str:
             f"{rows // 2:,} rows, {runs['ray-2']['driver_mb']:,.0f} MB at {rows:,} "
             f"(the local executor's process, which holds the data: "
             f"{runs['local']['driver_mb']:,.0f} MB).",
+            f"- This machine's ceiling, without Ray: one worker's share of the features "
+            f"step (the users of one of two entity partitions, one Polars thread) took "
+            f"{alone:.1f} s alone and {together:.1f} s with a second copy running beside "
+            f"it, so two workers can give at most {2 * alone / together:.2f}x on it "
+            f"(shared memory bandwidth and caches; Ray's own processes use the same two "
+            f"cores).",
             f"- Versions: Ray {version('ray')}, Polars {version('polars')}, LightGBM "
             f"{version('lightgbm')}, loopline {version('loopline')}.",
             "",
@@ -197,6 +248,8 @@ def run() -> str:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         _child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif len(sys.argv) > 1 and sys.argv[1] == "ceiling":
+        _ceiling_child(int(sys.argv[2]), sys.argv[3])
     else:
         print(run())
 
