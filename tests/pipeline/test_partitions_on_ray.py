@@ -22,6 +22,7 @@ import psutil
 import pytest
 import ray
 
+from loopline.config import Settings
 from loopline.data.contract import Column, Contract, Freshness
 from loopline.data.ingest import IngestResult, ingest, read_dataset, read_quarantine
 from loopline.data.parallel import map_partitions, on_ray
@@ -29,6 +30,7 @@ from loopline.data.sources.files import FileSource
 from loopline.data.workspace import Workspace
 from loopline.errors import ContractError
 from loopline.features import Aggregate, Entity, FeatureView, WindowView, training_set
+from loopline.pipeline.runner import Runner
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 # Ray's workers cannot import this test module: ship its functions by value.
@@ -188,29 +190,99 @@ def test_a_killed_worker_is_replaced_and_the_result_is_the_same(
 ) -> None:
     """Kill the worker process of a running ingest partition: Ray runs it again."""
     files = _write(tmp_path / "in", files=3, rows=50_000)
-    killed: list[int] = []
-    done = threading.Event()
-
-    def kill_one() -> None:
-        while not done.is_set() and not killed:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                title = " ".join(proc.info["cmdline"] or [])
-                if "loopline:ingest[1]" in title:
-                    proc.kill()
-                    killed.append(proc.info["pid"])
-                    break
-            time.sleep(0.005)
-
-    killer = threading.Thread(target=kill_one, daemon=True)
-    killer.start()
-    try:
+    with _Killer(victim="loopline:ingest[1]") as killer:
         on_ray = _stored(*_ingest(tmp_path / "ray", files, "ray"))
-    finally:
-        done.set()
-        killer.join()
-    assert killed, "the test never saw the partition's worker to kill it"
+    assert killer.killed, "the test never saw the partition's worker to kill it"
     local = _stored(*_ingest(tmp_path / "local", files, "local"))
     assert on_ray == local
+
+
+class _Killer:
+    """While the block runs, kill the first process whose command line (Ray's process
+    title) holds ``victim``, once a process holding ``when`` runs too."""
+
+    def __init__(self, *, victim: str, when: str | None = None) -> None:
+        self.victim, self.when = victim, when
+        self.killed: list[int] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> _Killer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.is_set() and not self.killed:
+            titles = {
+                proc: " ".join(proc.info["cmdline"] or [])
+                for proc in psutil.process_iter(["pid", "cmdline"])
+            }
+            if self.when is None or any(self.when in title for title in titles.values()):
+                for proc, title in titles.items():
+                    if self.victim in title:
+                        proc.kill()
+                        self.killed.append(proc.pid)
+                        break
+            time.sleep(0.005)
+
+
+TRAINING_SET_PIPELINE = """
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from loopline import step
+from loopline.features import Aggregate, Entity, WindowView, training_set
+
+
+@step
+def killed_set(rows: int = 300_000) -> pl.DataFrame:
+    start = datetime(2025, 1, 1)
+    events = pl.DataFrame(
+        {
+            "user": [i % 5_000 for i in range(rows)],
+            "ts": [start + timedelta(seconds=37 * i) for i in range(rows)],
+            "amount": [float(i % 101) for i in range(rows)],
+        }
+    )
+    labels = events.gather_every(7).select("user", pl.col("ts").alias("t"))
+    view = WindowView(
+        "spend",
+        entity=Entity("user", keys=["user"]),
+        source=events,
+        timestamp="ts",
+        aggregations=[Aggregate("amount", f, w) for f in ("sum", "count") for w in ("1h", "1d")],
+    )
+    return training_set(labels, [view], timestamp="t", partitions=6).frame
+"""
+
+
+def test_a_step_killed_while_its_partitions_run_is_run_again_with_the_same_result(
+    tmp_path: Path,
+) -> None:
+    """The step's own process computes partitions too; killed while a partition task
+    runs, Ray runs the step again and the stored result is the local engine's."""
+    path = tmp_path / "killed.py"
+    path.write_text(TRAINING_SET_PIPELINE)
+
+    def stored(engine: str) -> str:
+        home = tmp_path / engine
+        home.mkdir()
+        runner = Runner(Settings.load(start=home, search=False, env={}, engine=engine))
+        result = runner.run(path)
+        assert result.ok, result.error
+        record = result.steps["killed_set"]
+        assert record.output_artifact_id is not None
+        return runner.metadata.get_artifact(record.output_artifact_id).content_hash
+
+    with _Killer(victim="loopline:killed_set", when="loopline:features[") as killer:
+        on_ray = stored("ray")
+    assert killer.killed, "the test never saw the step's process to kill it"
+    assert on_ray == stored("local")
 
 
 def _events(n: int, users: int) -> pl.DataFrame:
