@@ -92,6 +92,19 @@ idle, and the next partitioned step waits seconds for new ones to start and impo
 loopline."""
 
 
+def _warm_up(ray: Any, processes: int) -> None:
+    """Have ``processes`` worker processes start and import loopline now, in the
+    background: a step waiting on its partitions (or a distributed fit) holds one
+    process while every CPU runs a partition in another, so a busy cluster uses one
+    more process than it has CPUs. The tasks take no CPU and overlap (each imports for
+    seconds), so each gets a process of its own; nothing waits for them."""
+    from loopline.data.parallel import prepare_worker
+
+    warm = ray.remote(num_cpus=0, max_retries=0)(prepare_worker)
+    for _ in range(processes):
+        warm.options(name="loopline:warm-up").remote()
+
+
 @contextlib.contextmanager
 def _environment(**values: str) -> Iterator[None]:
     """``values`` in ``os.environ`` for the block (for processes started in it)."""
@@ -134,6 +147,7 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None) -> None:
                 log_to_driver=False,
                 _system_config={"num_workers_soft_limit": WORKER_PROCESSES * cpus},
             )
+        _warm_up(ray, cpus + 1)
         return
     try:
         ray.init(address=address, log_to_driver=False)
