@@ -3,10 +3,10 @@
 Data code that splits its work into independent partitions (ingestion's source
 partitions, a training set's entity-hash partitions, batch scoring's input files) calls
 ``map_partitions(fn, items)`` and gets the results in the order of ``items``, whatever
-ran where. In a step on the ``ray`` engine each item is a Ray task (one CPU, Polars
-held to that many threads, run again by Ray when its worker process dies); anywhere
-else the items run one after another in this thread, which keeps memory to one
-partition at a time. The function, its items and its results travel through Ray's
+ran where. In a step on the ``ray`` engine the items are Ray tasks (one CPU, Polars
+held to that many threads, run again by Ray when its worker process dies), and the
+step's own process takes items too; anywhere else the items run one after another in
+this thread, which keeps memory to one partition at a time. The function, its items and its results travel through Ray's
 object store, so they should be small records or Arrow/Polars data, never open files.
 Polars frames travel as Arrow tables: Ray passes their buffers without pickling them
 (tens of times faster than a frame's own pickle, which copies and encodes every column),
