@@ -6,8 +6,9 @@ partitions, a training set's entity-hash partitions, batch scoring's input files
 ran where. In a step on the ``ray`` engine the items are Ray tasks (one CPU, Polars
 held to that many threads, run again by Ray when its worker process dies), and the
 step's own process takes items too; anywhere else the items run one after another in
-this thread, which keeps memory to one partition at a time. The function, its items and its results travel through Ray's
-object store, so they should be small records or Arrow/Polars data, never open files.
+this thread, which keeps memory to one partition at a time. The function, its items
+and its results travel through Ray's object store, so they should be small records or
+Arrow/Polars data, never open files.
 Polars frames travel as Arrow tables: Ray passes their buffers without pickling them
 (tens of times faster than a frame's own pickle, which copies and encodes every column),
 and they come back as Polars frames of the same schema.
