@@ -94,10 +94,9 @@ loopline."""
 
 def _warm_up(ray: Any, processes: int) -> None:
     """Have ``processes`` worker processes start and import loopline now, in the
-    background: a step waiting on its partitions (or a distributed fit) holds one
-    process while every CPU runs a partition in another, so a busy cluster uses one
-    more process than it has CPUs. The tasks take no CPU and overlap (each imports for
-    seconds), so each gets a process of its own; nothing waits for them."""
+    background, rather than when a step's partitions (or a distributed fit) first need
+    them (see ``WORKER_PROCESSES``). The tasks take no CPU and overlap (each imports
+    for seconds), so each gets a process of its own; nothing waits for them."""
     from loopline.data.parallel import prepare_worker
 
     warm = ray.remote(num_cpus=0, max_retries=0)(prepare_worker)
