@@ -25,7 +25,6 @@ Examples
 from __future__ import annotations
 
 import collections
-import contextlib
 import importlib
 import pickle
 from collections.abc import Callable, Sequence
@@ -38,7 +37,6 @@ __all__ = [
     "frames_as_arrow",
     "map_partitions",
     "on_ray",
-    "prepare_worker",
     "ray_cpus",
 ]
 
@@ -167,18 +165,6 @@ def _partition(fn: Callable[[Any], Any], item: Any, ws: Workspace) -> tuple[bool
             return True, pickle.dumps(exc)
         except Exception:  # an exception that does not pickle: keep its text
             return True, pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
-
-
-def prepare_worker() -> None:
-    """Ready a Ray worker process for loopline's tasks: Polars frames as Arrow, and the
-    code partitions and distributed fits run imported (loopline's data, features and
-    training, and LightGBM: about 6 s on a small machine, which the first partition or
-    fit to reach a fresh process would otherwise wait for)."""
-    frames_as_arrow()
-    for module in ("loopline.data.ingest", "loopline.features", "loopline.train"):
-        importlib.import_module(module)
-    with contextlib.suppress(ImportError):
-        importlib.import_module("lightgbm")
 
 
 _ARROW_REGISTERED = False

@@ -18,6 +18,7 @@ Ray is imported when an executor is made, so loopline imports without it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import threading
 from collections.abc import Iterator
@@ -97,11 +98,23 @@ def _warm_up(ray: Any, processes: int) -> None:
     background, rather than when a step's partitions (or a distributed fit) first need
     them (see ``WORKER_PROCESSES``). The tasks take no CPU and overlap (each imports
     for seconds), so each gets a process of its own; nothing waits for them."""
-    from loopline.data.parallel import prepare_worker
-
-    warm = ray.remote(num_cpus=0, max_retries=0)(prepare_worker)
+    warm = ray.remote(num_cpus=0, max_retries=0)(_prepare_worker)
     for _ in range(processes):
         warm.options(name="loopline:warm-up").remote()
+
+
+def _prepare_worker() -> None:
+    """In a Ray worker process: Polars frames as Arrow, and the code partitions and
+    distributed fits run imported (loopline's data, features and training, and LightGBM:
+    about 6 s on a small machine, which the first partition or fit to reach a fresh
+    process would otherwise wait for)."""
+    from loopline.data.parallel import frames_as_arrow
+
+    frames_as_arrow()
+    for module in ("loopline.data.ingest", "loopline.features", "loopline.train"):
+        importlib.import_module(module)
+    with contextlib.suppress(ImportError):
+        importlib.import_module("lightgbm")
 
 
 @contextlib.contextmanager
