@@ -191,7 +191,10 @@ class _PolarsCodec(_ArrowCodec):
     def read(self, data: bytes) -> Any:
         import polars as pl
 
-        return pl.from_arrow(super().read(data))
+        # Parquet reads in batches of row groups, and Polars keeps them as chunks (over a
+        # hundred at 20M rows); hashing and partitioning a frame of that many chunks is
+        # several times slower than copying it once into one chunk per column.
+        return pl.from_arrow(super().read(data)).rechunk()
 
 
 class _LightGBMCodec:
