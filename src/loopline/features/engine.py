@@ -193,7 +193,9 @@ def by_entity(
     if partitions == 1:
         yield query, rows
         return
-    part = pl.struct(list(keys)).hash(seed=0) % partitions
+    # One key column is hashed as it is: a one-field struct hashes ten times slower.
+    key = pl.col(keys[0]) if len(keys) == 1 else pl.struct(list(keys))
+    part = key.hash(seed=0) % partitions
     queries = query.with_columns(part.alias(_PART)).partition_by(_PART, as_dict=True)
     views = rows.with_columns(part.alias(_PART)).partition_by(_PART, as_dict=True)
     empty_rows = rows.clear()
