@@ -113,8 +113,8 @@ def test_partitions_run_as_ray_tasks_in_order(tmp_path: Path) -> None:
 
 
 def test_inside_a_task_the_caller_takes_partitions_too(tmp_path: Path) -> None:
-    """A step's task holds a CPU: it works through the list from the back while Ray tasks
-    take it from the front, and the results still come in item order."""
+    """A step's task holds a CPU: Ray tasks take items, one per other CPU, and the caller
+    the next one; the results still come in item order."""
     ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
     items = [0.4, 0.3, 0.2, 0.1, 0.0, 0.05]
 
@@ -124,8 +124,25 @@ def test_inside_a_task_the_caller_takes_partitions_too(tmp_path: Path) -> None:
 
     caller, done = ray.get(step.remote())
     assert [value for value, _ in done] == items
-    assert done[-1][1] == caller  # the caller starts at the back, before any task returns
+    # Two CPUs: one Ray task takes item 0, the caller item 1 before any task returns.
+    assert done[0][1] != caller
+    assert done[1][1] == caller
     assert caller != os.getpid()
+
+
+def test_the_largest_items_start_first(tmp_path: Path) -> None:
+    ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
+    items = [0.0, 0.05, 0.4, 0.3]
+
+    @ray.remote(num_cpus=1)
+    def step() -> tuple[int, list[tuple[float, int]]]:
+        done = map_partitions(_pid_after, items, name="big", workspace=ws, cost=lambda s: s)
+        return os.getpid(), done
+
+    caller, done = ray.get(step.remote())
+    assert [value for value, _ in done] == items
+    assert done[2][1] != caller  # the largest, to the Ray task
+    assert done[3][1] == caller  # the next largest, to the caller at once
 
 
 def test_an_error_in_the_callers_partition_is_raised_as_itself(tmp_path: Path) -> None:
@@ -133,7 +150,7 @@ def test_an_error_in_the_callers_partition_is_raised_as_itself(tmp_path: Path) -
 
     @ray.remote(num_cpus=1)
     def step() -> list[int]:
-        # A Ray task takes item 0; the caller takes 2, then 1 (unless a task is free first).
+        # A Ray task takes item 0; the caller takes 1.
         return map_partitions(_fails_on_one, [0, 1, 2], name="fails", workspace=ws)
 
     with pytest.raises(ContractError, match="partition 1 broke"):

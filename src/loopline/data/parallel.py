@@ -24,10 +24,12 @@ Examples
 
 from __future__ import annotations
 
-import collections
+import bisect
 import importlib
 import pickle
-from collections.abc import Callable, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from loopline.data.workspace import Workspace, current_workspace, use_workspace
@@ -67,10 +69,11 @@ def ray_cpus() -> int:
 
 def map_partitions(
     fn: Callable[[_T], _R],
-    items: Sequence[_T],
+    items: Iterable[_T],
     *,
     name: str,
     workspace: Workspace | None = None,
+    cost: Callable[[_T], float] | None = None,
 ) -> list[_R]:
     """``[fn(item) for item in items]``, as Ray tasks when ``on_ray()``; in item order.
 
@@ -78,29 +81,50 @@ def map_partitions(
     artifacts it writes and records it makes land where the step's would. ``name``
     names the tasks (``loopline:NAME[i]``) in Ray's tools and process titles.
 
+    ``items`` may be a generator: on Ray, each item goes out as soon as it is made,
+    so Ray tasks compute the first partitions while the caller makes the rest (splits
+    the next view's rows, say). Items start in the order they come, or largest
+    ``cost(item)`` first among those made when given (the rows a partition holds, say):
+    the small ones left for the end even out the CPUs' finishing times.
+
     Called inside a Ray task (a step on the ``ray`` engine), the calling process works
-    too: it holds a CPU of its own, so Ray tasks take items from the front of the list,
-    one per other CPU of the cluster, while the caller takes them from the back until
-    none is left. A worker that starts slowly costs the caller nothing, and on a
-    one-CPU cluster the caller does the whole list itself.
+    too: it holds a CPU of its own, so once every item is made, Ray tasks take them,
+    one per other CPU of the cluster, and the caller the next one, until none is left.
+    A worker that starts slowly costs the caller nothing, and on a one-CPU cluster the
+    caller does the whole list itself.
     """
     ws = workspace or current_workspace()
-    if len(items) < 2 or not on_ray(ws):
+    if not on_ray(ws) or (isinstance(items, Sequence) and len(items) < 2):
         with use_workspace(ws):
             return [fn(item) for item in items]
     import ray
 
     frames_as_arrow()
-    return _Fanout(ray, fn, items, name, ws).run()
+    return _Fanout(ray, fn, cost, name, ws).run(iter(items))
 
 
 class _Fanout:
-    """One ``map_partitions`` on Ray: items out to tasks (and to the caller), results in."""
+    """One ``map_partitions`` on Ray: items out to tasks (and to the caller), results in.
+
+    The caller makes the items; a feeder thread submits each to a Ray task as soon as a
+    CPU is free (one per other CPU of the cluster when the caller holds one, else all),
+    and collects finished tasks as they return, so a CPU never waits for the caller's
+    own item to end. The first error, the caller's or a task's, stops both; the tasks
+    still running are cancelled.
+    """
+
+    POLL = 0.05
+    """Seconds the feeder waits for a task before it looks for new items or a stop."""
 
     def __init__(
-        self, ray: Any, fn: Callable[[Any], Any], items: Sequence[Any], name: str, ws: Workspace
+        self,
+        ray: Any,
+        fn: Callable[[Any], Any],
+        cost: Callable[[Any], float] | None,
+        name: str,
+        ws: Workspace,
     ) -> None:
-        self.ray, self.fn, self.items, self.name, self.ws = ray, fn, items, name, ws
+        self.ray, self.fn, self.cost, self.name, self.ws = ray, fn, cost, name, ws
         self.remote = ray.remote(
             num_cpus=1,
             max_retries=WORKER_RETRIES,
@@ -108,50 +132,88 @@ class _Fanout:
         )(_partition)
         # A driver holds no CPU of the cluster, and may be a laptop: it only waits.
         self.helping = ray.get_runtime_context().get_task_id() is not None
-        self.slots = ray_cpus() - 1 if self.helping else len(items)
-        self.todo = collections.deque(range(len(items)))
+        self.slots = ray_cpus() - 1 if self.helping else sys.maxsize
+        self.items: list[Any] = []  # an item is dropped (None) once it has been sent or run
+        self.costs: list[float] = []
+        self.todo: list[int] = []  # made, not started: largest cost first
         self.running: dict[Any, int] = {}
+        self.results: dict[int, Any] = {}
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.made = threading.Event()
+        self.stop = threading.Event()
 
-    def run(self) -> list[Any]:
-        results: dict[int, Any] = {}
+    def run(self, items: Iterator[Any]) -> list[Any]:
+        feeder = threading.Thread(target=self._feed, name=f"loopline:{self.name}:feed")
+        feeder.start()
         try:
+            for item in items:
+                if self.stop.is_set():
+                    break  # a task failed: its error is raised below
+                with self.lock:
+                    self.items.append(item)
+                    self.costs.append(self.cost(item) if self.cost else 0.0)
+                    bisect.insort(self.todo, len(self.items) - 1, key=lambda i: -self.costs[i])
+            self.made.set()
+            while self.helping and (mine := self._next()) is not None:
+                with use_workspace(self.ws):
+                    value = self.fn(self._take(mine))
+                with self.lock:
+                    self.results[mine] = value
+        except BaseException as exc:
+            with self.lock:
+                self.error = self.error or exc
+            self.stop.set()
+        feeder.join()
+        if self.error is not None:
+            for ref in self.running:
+                self.ray.cancel(ref)
+            raise self.error
+        return [self.results[index] for index in range(len(self.items))]
+
+    def _next(self) -> int | None:
+        """The caller's next item, once every free CPU has one."""
+        with self.lock:
             self._top_up()
-            while self.todo or self.running:
-                if self.helping and self.todo:
-                    index = self.todo.pop()
-                    with use_workspace(self.ws):
-                        results[index] = self.fn(self.items[index])
-                    ready = self._ready(timeout=0)
-                else:
-                    ready = self._ready(timeout=None)
+            if self.stop.is_set() or not self.todo:
+                return None
+            return self.todo.pop(0)
+
+    def _top_up(self) -> None:
+        """Send items to Ray tasks while a CPU is free (with the lock held)."""
+        while self.todo and len(self.running) < self.slots:
+            index = self.todo.pop(0)
+            ref = self.remote.options(name=f"loopline:{self.name}[{index}]").remote(
+                self.fn, self._take(index), self.ws
+            )
+            self.running[ref] = index
+
+    def _take(self, index: int) -> Any:
+        item, self.items[index] = self.items[index], None
+        return item
+
+    def _feed(self) -> None:
+        try:
+            while not self.stop.is_set():
+                with self.lock:
+                    self._top_up()
+                    pending = list(self.running)
+                    if not pending and self.made.is_set():
+                        return  # all sent and collected, or no CPU to send to
+                if not pending:
+                    self.stop.wait(self.POLL)  # the caller is still making items
+                    continue
+                ready, _ = self.ray.wait(pending, num_returns=1, timeout=self.POLL)
                 for ref in ready:
                     failed, value = self.ray.get(ref)
                     if failed:
                         raise _error(value)
-                    results[self.running.pop(ref)] = value
-                self._top_up()
-        except BaseException:
-            for ref in self.running:
-                self.ray.cancel(ref)
-            raise
-        return [results[index] for index in range(len(self.items))]
-
-    def _top_up(self) -> None:
-        while self.todo and len(self.running) < self.slots:
-            index = self.todo.popleft()
-            ref = self.remote.options(name=f"loopline:{self.name}[{index}]").remote(
-                self.fn, self.items[index], self.ws
-            )
-            self.running[ref] = index
-
-    def _ready(self, *, timeout: float | None) -> list[Any]:
-        if not self.running:
-            return []
-        pending = list(self.running)
-        ready, _ = self.ray.wait(
-            pending, num_returns=len(pending) if timeout == 0 else 1, timeout=timeout
-        )
-        return list(ready)
+                    with self.lock:
+                        self.results[self.running.pop(ref)] = value
+        except BaseException as exc:
+            with self.lock:
+                self.error = self.error or exc
+            self.stop.set()
 
 
 def _partition(fn: Callable[[Any], Any], item: Any, ws: Workspace) -> tuple[bool, Any]:

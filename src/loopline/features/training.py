@@ -25,7 +25,7 @@ Examples
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -162,21 +162,20 @@ def training_set(
 
     ws = workspace or current_workspace()
     joined = [view for view in views if not isinstance(view, OnDemand)]
-    # On Ray every view's partitions go out at once (no view waits for the slowest
-    # partition of the one before); here one view at a time, to hold one view's rows.
-    together = on_ray(ws)
+    # On Ray every view's partitions go out as they are split (Ray tasks compute the
+    # first view's while the next is split, and no view waits for the slowest partition
+    # of the one before); here one view at a time, to hold one view's rows.
+    batches = [joined] if on_ray(ws) else [[view] for view in joined]
     values: dict[str, pl.DataFrame] = {}
-    pending: list[tuple[View, list[tuple[View, pl.DataFrame, pl.DataFrame]]]] = []
-    for number, view in enumerate(joined):
-        pending.append((view, _pieces(view, query_base, ws, partitions, workspace, data)))
-        if together and number < len(joined) - 1:
-            continue
-        flat = [piece for _, pieces in pending for piece in pieces]
-        done = iter(map_partitions(_piece_values, flat, name="features", workspace=ws))
-        for waiting, pieces in pending:
-            parts = [next(done) for _ in pieces]
-            values[waiting.name] = pl.concat(parts).sort(ROW).drop(ROW)
-        pending = []
+    for batch in batches:
+        counts: list[int] = []
+        pieces = _split(batch, counts, query_base, ws, partitions, workspace, data)
+        done = iter(
+            map_partitions(_piece_values, pieces, name="features", workspace=ws, cost=_piece_cost)
+        )
+        for view, count in zip(batch, counts, strict=True):
+            parts = [next(done) for _ in range(count)]
+            values[view.name] = pl.concat(parts).sort(ROW).drop(ROW)
     out = frame
     for item in views:
         if isinstance(item, OnDemand):
@@ -187,6 +186,22 @@ def training_set(
     if workspace is not None or ws.run_id is not None:
         record_views(views, ws)  # outside a step, only when a workspace was given
     return TrainingSet(frame=out, versions=versions)
+
+
+def _split(
+    views: Sequence[View],
+    counts: list[int],
+    query_base: pl.DataFrame,
+    ws: Workspace,
+    partitions: int | None,
+    workspace: Workspace | None,
+    data: Mapping[str, pl.DataFrame | pl.LazyFrame] | None,
+) -> Iterator[tuple[View, pl.DataFrame, pl.DataFrame]]:
+    """The views' partitions, view after view, each view's count appended to ``counts``."""
+    for view in views:
+        pieces = _pieces(view, query_base, ws, partitions, workspace, data)
+        counts.append(len(pieces))
+        yield from pieces
 
 
 def _pieces(
@@ -231,6 +246,12 @@ def _without_source(view: View) -> View:
     light = copy.copy(view)
     object.__setattr__(light, "source", view.name)
     return light
+
+
+def _piece_cost(piece: tuple[View, pl.DataFrame, pl.DataFrame]) -> float:
+    """A partition's work, roughly: its rows' bytes times the features computed from them."""
+    view, query, rows = piece
+    return float(query.estimated_size() + rows.estimated_size()) * len(view.feature_names)
 
 
 def _piece_values(piece: tuple[View, pl.DataFrame, pl.DataFrame]) -> pl.DataFrame:
