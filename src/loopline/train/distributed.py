@@ -358,6 +358,10 @@ def _run(
         ]
         pending = list(refs)
         try:
+            # While the workers train, this process only waits: it imports the library
+            # it reads their model with now (seconds, the first time in a process; a
+            # model kind is the name of its library).
+            importlib.import_module(kind)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 ray.get(done[0])
