@@ -54,7 +54,7 @@ class RayExecutor(ShutsDown):
             _connect(ray, address, num_cpus)
         self._ray = ray
         self._remote = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES, retry_exceptions=False)(
-            run_task
+            _step
         )
         self._pending: dict[Future[StepResult], Any] = {}
         self._lock = threading.Lock()
@@ -103,6 +103,38 @@ def _warm_up(ray: Any, processes: int) -> None:
         warm.options(name="loopline:warm-up").remote()
 
 
+def _step(task: StepTask) -> StepResult:
+    """A step's task: ``run_task``, with the model libraries imported beside it the
+    first time a process runs one (see ``_import_in_background``)."""
+    _import_in_background()
+    return run_task(task)
+
+
+_IMPORTING: list[threading.Thread] = []
+
+
+def _import_in_background() -> None:
+    """Import LightGBM in a background thread of this process, once.
+
+    The warm-up reaches the processes that are idle when the cluster starts, not the one
+    that takes the first step, which then runs every step after it: a training step
+    there would import LightGBM (4 s with scikit-learn and SciPy) while its distributed
+    fit's workers use every CPU. Imported beside the first step instead, the work lands
+    where a CPU is free (the first steps rarely use them all). Only a library that never
+    imports loopline, so that it never waits for a module the step is importing.
+    """
+    if _IMPORTING:
+        return
+    thread = threading.Thread(target=_import_libraries, name="loopline:imports", daemon=True)
+    _IMPORTING.append(thread)
+    thread.start()
+
+
+def _import_libraries() -> None:
+    with contextlib.suppress(ImportError):
+        importlib.import_module("lightgbm")
+
+
 def _prepare_worker() -> None:
     """In a Ray worker process: Polars frames as Arrow, and the code partitions and
     distributed fits run imported (loopline's data, features and training, and LightGBM:
@@ -113,8 +145,7 @@ def _prepare_worker() -> None:
     frames_as_arrow()
     for module in ("loopline.data.ingest", "loopline.features", "loopline.train"):
         importlib.import_module(module)
-    with contextlib.suppress(ImportError):
-        importlib.import_module("lightgbm")
+    _import_libraries()
 
 
 @contextlib.contextmanager
