@@ -333,6 +333,27 @@ def test_a_training_set_on_ray_is_the_local_one(tmp_path: Path) -> None:
             timestamp="ts",
             aggregations=[Aggregate("amount", f, "1d") for f in ("sum", "mean", "count")],
         ),
+        # The rows of "spend" exactly (same source, columns): on Ray they share its split.
+        FeatureView(
+            "recent",
+            entity=user,
+            source=events,
+            timestamp="ts",
+            ttl="2h",
+            features=["amount"],
+            prefix="recent_",
+        ),
+        # The same columns filtered: a split of its own.
+        FeatureView(
+            "big",
+            entity=user,
+            source=events,
+            timestamp="ts",
+            ttl="1d",
+            features=["amount"],
+            prefix="big_",
+            where=pl.col("amount") > 50,
+        ),
     ]
     labels = events.select("user", pl.col("ts").dt.offset_by("5m").alias("t"))[::3]
     frames = {}
@@ -344,6 +365,7 @@ def test_a_training_set_on_ray_is_the_local_one(tmp_path: Path) -> None:
     whole = frames["local", None]
     assert whole.height == labels.height
     assert whole["amount_sum_1d"].null_count() < whole.height
+    assert whole["recent_amount"].null_count() < whole["big_amount"].null_count() < whole.height
     for key, frame in frames.items():
         assert frame.equals(whole, null_equal=True), key
 

@@ -37,6 +37,7 @@ __all__ = [
     "by_entity",
     "latest_values",
     "to_utc",
+    "view_columns",
     "view_rows",
     "window_values",
 ]
@@ -125,9 +126,8 @@ def view_rows(
             f"The source of {owner} could not be computed: {exc}", view=view.name
         ) from exc
     created = view.created if isinstance(view, FeatureView) else None
-    values = view.features if isinstance(view, FeatureView) else view.columns
-    needed = [*view.keys, view.timestamp, *([created] if created else []), *values]
-    missing = [c for c in dict.fromkeys(needed) if c not in names]
+    needed = view_columns(view)
+    missing = [c for c in needed if c not in names]
     if missing:
         raise FeatureError(
             f"{owner} needs the column(s) {missing}, which its source lacks; it has "
@@ -135,7 +135,7 @@ def view_rows(
             view=view.name,
         )
     try:
-        frame = lazy.select(list(dict.fromkeys(needed))).collect()
+        frame = lazy.select(needed).collect()
     except pl.exceptions.PolarsError as exc:
         raise FeatureError(
             f"The source of {owner} could not be computed: {exc}", view=view.name
@@ -144,6 +144,15 @@ def view_rows(
     if created:
         frame = to_utc(frame, created, owner=owner)
     return frame
+
+
+def view_columns(view: View) -> list[str]:
+    """The source columns ``view_rows`` keeps: keys, timestamp, ``created``, values."""
+    created = view.created if isinstance(view, FeatureView) else None
+    values = view.features if isinstance(view, FeatureView) else view.columns
+    return list(
+        dict.fromkeys([*view.keys, view.timestamp, *([created] if created else []), *values])
+    )
 
 
 def align_keys(

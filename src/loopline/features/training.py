@@ -41,6 +41,7 @@ from loopline.features.engine import (
     by_entity,
     latest_values,
     to_utc,
+    view_columns,
     view_rows,
     window_values,
 )
@@ -197,22 +198,47 @@ def _split(
     workspace: Workspace | None,
     data: Mapping[str, pl.DataFrame | pl.LazyFrame] | None,
 ) -> Iterator[tuple[View, pl.DataFrame, pl.DataFrame]]:
-    """The views' partitions, view after view, each view's count appended to ``counts``."""
+    """The views' partitions, view after view, each view's count appended to ``counts``.
+
+    Views that read the same rows (one source frame or dataset, no ``where`` or
+    ``transform``, the same columns: a window view and a latest-value view of one event
+    table, say) share one split of them.
+    """
+    split: dict[tuple[object, ...], list[tuple[pl.DataFrame, pl.DataFrame]]] = {}
     for view in views:
-        pieces = _pieces(view, query_base, ws, partitions, workspace, data)
-        counts.append(len(pieces))
-        yield from pieces
+        key = _rows_key(view, data)
+        parts = split.get(key) if key is not None else None
+        if parts is None:
+            parts = _parts(view, query_base, ws, partitions, workspace, data)
+            if key is not None:
+                split[key] = parts
+        counts.append(len(parts))
+        shipped = _without_source(view)
+        yield from ((shipped, query, rows) for query, rows in parts)
 
 
-def _pieces(
+def _rows_key(
+    view: View, data: Mapping[str, pl.DataFrame | pl.LazyFrame] | None
+) -> tuple[object, ...] | None:
+    """What a view's rows depend on, when that can be told without computing them."""
+    if view.where is not None or view.transform or callable(view.source):
+        return None
+    source: object = view.source
+    if isinstance(source, str) and data and source.partition("@")[0] in data:
+        source = data[source.partition("@")[0]]
+    origin = source if isinstance(source, str) else id(source)
+    return (origin, tuple(view_columns(view)), tuple(view.keys))
+
+
+def _parts(
     view: View,
     query_base: pl.DataFrame,
     ws: Workspace,
     partitions: int | None,
     workspace: Workspace | None,
     data: Mapping[str, pl.DataFrame | pl.LazyFrame] | None,
-) -> list[tuple[View, pl.DataFrame, pl.DataFrame]]:
-    """The view's work as (view, label rows, view rows) partitions by entity hash."""
+) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
+    """The view's (label rows, view rows) partitions by entity hash."""
     rows = view_rows(view, workspace=workspace, data=data)
     query, rows = align_keys(
         query_base.select(ROW, *view.keys, QUERY_TIME),
@@ -222,8 +248,7 @@ def _pieces(
         query_name="the label table",
     )
     count = partitions if partitions is not None else _auto_partitions(ws, query, rows)
-    shipped = _without_source(view)
-    return [(shipped, q, r) for q, r in by_entity(query, rows, view.keys, count)]
+    return list(by_entity(query, rows, view.keys, count))
 
 
 PARTITION_BYTES = 256 << 20
