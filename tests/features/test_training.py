@@ -12,6 +12,7 @@ import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from unittest import mock
 
 import polars as pl
 import pytest
@@ -28,6 +29,7 @@ from loopline.features import (
     WindowView,
     training_set,
 )
+from loopline.features import training as training_module
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 KEY = Entity("user", keys=["user"])
@@ -219,6 +221,10 @@ def test_partitions_by_entity_change_nothing(
     whole = training_set(frame, views, timestamp="t").frame
     split = training_set(frame, views, timestamp="t", partitions=parts).frame
     assert split.equals(whole, null_equal=True)
+    # Each partition computed in pieces (a few hundred bytes each here: several pieces).
+    with mock.patch.object(training_module, "PIECE_BYTES", 300):
+        pieces = training_set(frame, views, timestamp="t", partitions=parts).frame
+    assert pieces.equals(whole, null_equal=True)
 
 
 # -- the rules one by one --------------------------------------------------------------------

@@ -191,20 +191,27 @@ def align_keys(
 
 
 def by_entity(
-    query: pl.DataFrame, rows: pl.DataFrame, keys: Sequence[str], partitions: int
+    query: pl.DataFrame,
+    rows: pl.DataFrame,
+    keys: Sequence[str],
+    partitions: int,
+    *,
+    seed: int = 0,
 ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
     """Split query rows and view rows into ``partitions`` parts by a hash of the keys.
 
     An entity's query rows and view rows land in the same part, and every value depends
     on one entity's rows only, so the parts can be computed apart (on other workers) and
     concatenated. Call after ``align_keys``: equal keys then hash equally on both sides.
+    Parts without query rows are left out. Splitting a part again takes another
+    ``seed``: with the same one, its keys would all fall in a few of the new parts.
     """
     if partitions == 1:
         yield query, rows
         return
     # One key column is hashed as it is: a one-field struct hashes ten times slower.
     key = pl.col(keys[0]) if len(keys) == 1 else pl.struct(list(keys))
-    part = key.hash(seed=0) % partitions
+    part = key.hash(seed=seed) % partitions
     queries = query.with_columns(part.alias(_PART)).partition_by(_PART, as_dict=True)
     views = rows.with_columns(part.alias(_PART)).partition_by(_PART, as_dict=True)
     empty_rows = rows.clear()
