@@ -5,7 +5,7 @@ goes through a four-step pipeline: ``events`` (generate), ``labels`` (every tent
 one minute later, labelled by its amount), ``features`` (a training set: nine windowed
 aggregations and a latest value per user, point in time; on Ray its entity partitions
 are Ray tasks) and ``model`` (LightGBM, 50 rounds; on Ray data-parallel over the
-workers with Ray Train, ``Distributed(workers=N)``).
+workers, ``Distributed(workers=N)``: one LightGBM rank per worker).
 
 Each configuration runs in a fresh process with a fresh cluster: ``local`` (the thread
 executor; Polars and LightGBM use both cores), ``ray-1`` (a Ray cluster of one CPU) and
@@ -17,6 +17,9 @@ of it. Last, the machine's own ceiling for two workers: one worker's share of th
 features step (half the users) in a plain process with one Polars thread, alone and then
 beside a second copy.
 
+Each figure is the median of ``REPEATS`` rounds (``LOOPLINE_BENCH_RAY_REPEATS``): on a
+small shared machine one run's step times vary by a fifth or more.
+
 Run alone: ``python -m bench ray_scaling`` (``LOOPLINE_BENCH_RAY_ROWS`` for another size).
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,6 +109,7 @@ PIPELINE = textwrap.dedent(
 )
 
 CONFIGS = ("local", "ray-1", "ray-2")
+REPEATS = 3
 STEPS = ("events", "labels", "features", "model")
 
 
@@ -197,9 +202,22 @@ def _measure(config: str, rows: int) -> dict[str, Any]:
         return figures
 
 
+def _median_run(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over the rounds of one configuration."""
+    return {
+        "wall": statistics.median(r["wall"] for r in rounds),
+        "steps": {s: statistics.median(r["steps"][s] for r in rounds) for s in STEPS},
+        "driver_mb": max(r["driver_mb"] for r in rounds),
+    }
+
+
 def run() -> str:
     rows = env_int("LOOPLINE_BENCH_RAY_ROWS", ROWS, owner="bench.ray_scaling")
-    runs = {config: _measure(config, rows) for config in CONFIGS}
+    repeats = env_int("LOOPLINE_BENCH_RAY_REPEATS", REPEATS, owner="bench.ray_scaling")
+    # Rounds of every configuration in turn, so that the machine's drift over minutes
+    # falls on all of them alike; medians in the table, each round's speedup below it.
+    rounds = [{config: _measure(config, rows) for config in CONFIGS} for _ in range(repeats)]
+    runs = {config: _median_run([r[config] for r in rounds]) for config in CONFIGS}
     half = _measure("ray-2", rows // 2)
     alone, together = _ceiling(rows)
     one, two = runs["ray-1"]["steps"], runs["ray-2"]["steps"]
@@ -214,6 +232,11 @@ def run() -> str:
     partitioned = ("features", "model")
     total1 = sum(one[s] for s in partitioned)
     total2 = sum(two[s] for s in partitioned)
+    each = [
+        sum(r["ray-1"]["steps"][s] for s in partitioned)
+        / sum(r["ray-2"]["steps"][s] for s in partitioned)
+        for r in rounds
+    ]
     return "\n".join(
         [
             "## Ray: scaling out on 2 cores",
@@ -221,7 +244,8 @@ def run() -> str:
             f"A pipeline over {rows:,} generated events (100,000 users): generate, label "
             f"every tenth event, a point-in-time training set of nine windowed "
             f"aggregations and a latest value ({rows // 10:,} rows), LightGBM (50 rounds). "
-            f"Seconds per step, each configuration in a fresh process and cluster, the "
+            f"Seconds per step, the median of {repeats} rounds of the three "
+            f"configurations in turn, each run in a fresh process and cluster, the "
             f"cache off. On Ray a worker is one CPU with one Polars thread; the training "
             f"set's entity partitions and the model's data shards are Ray tasks. Speedup "
             f"= ray-1 / ray-2; efficiency = speedup / 2.",
@@ -235,6 +259,8 @@ def run() -> str:
             f"| whole run (wall) | {runs['local']['wall']:.1f} | {runs['ray-1']['wall']:.1f} "
             f"| {runs['ray-2']['wall']:.1f} | | |",
             "",
+            f"- Speedup of the partitioned steps in each round: "
+            f"{', '.join(f'{x:.2f}x' for x in each)}.",
             f"- Driver peak memory (RSS), Ray with 2 workers: {half['driver_mb']:,.0f} MB at "
             f"{rows // 2:,} rows, {runs['ray-2']['driver_mb']:,.0f} MB at {rows:,} "
             f"(the local executor's process, which holds the data: "
