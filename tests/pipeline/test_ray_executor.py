@@ -7,6 +7,7 @@ The runner finds Ray already connected and leaves the connection open after each
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import ray
 
 from loopline.config import Settings
 from loopline.errors import PipelineDefinitionError
+from loopline.pipeline import ray_executor
 from loopline.pipeline.dag import Pipeline
 from loopline.pipeline.executor import make_executor
 from loopline.pipeline.ray_executor import RayExecutor
@@ -195,3 +197,17 @@ def test_a_pipeline_built_in_memory_cannot_run_on_ray(tmp_path: Path) -> None:
         pytest.raises(PipelineDefinitionError, match="'ray' engine loads the pipeline"),
     ):
         runner.run(Pipeline.from_steps([one]))
+
+
+def test_a_step_process_imports_lightgbm_beside_its_first_step_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a cluster started here, the process that takes the first step (which the
+    warm-up never reaches) imports LightGBM in one background thread."""
+    monkeypatch.setattr(ray_executor, "_IMPORTING", [])
+    ray_executor._import_in_background()
+    ray_executor._import_in_background()
+    (thread,) = ray_executor._IMPORTING
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert "lightgbm" in sys.modules

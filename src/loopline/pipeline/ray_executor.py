@@ -53,8 +53,12 @@ class RayExecutor(ShutsDown):
         if self._connected:
             _connect(ray, address, num_cpus)
         self._ray = ray
+        # A cluster started here is warmed (see _warm_up), and its step processes import
+        # LightGBM beside their first step; a joined cluster's long-lived workers are not
+        # made to import anything.
+        local = self._connected and address is None
         self._remote = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES, retry_exceptions=False)(
-            _step
+            _step if local else run_task
         )
         self._pending: dict[Future[StepResult], Any] = {}
         self._lock = threading.Lock()
@@ -104,8 +108,8 @@ def _warm_up(ray: Any, processes: int) -> None:
 
 
 def _step(task: StepTask) -> StepResult:
-    """A step's task: ``run_task``, with the model libraries imported beside it the
-    first time a process runs one (see ``_import_in_background``)."""
+    """A step's task on a cluster started here: ``run_task``, with the model libraries
+    imported beside it the first time a process runs one (``_import_in_background``)."""
     _import_in_background()
     return run_task(task)
 
