@@ -35,6 +35,7 @@ __all__ = [
     "ROW",
     "align_keys",
     "by_entity",
+    "given_rows",
     "latest_values",
     "to_utc",
     "view_columns",
@@ -99,8 +100,8 @@ def view_rows(
     owner = f"{type(view).__name__} {view.name!r}"
     source = view.source
     try:
-        if isinstance(source, str) and data and source.partition("@")[0] in data:
-            lazy = data[source.partition("@")[0]].lazy()
+        if (given := given_rows(view, data)) is not None:
+            lazy = given.lazy()
         elif isinstance(source, str):
             from loopline.data.ingest import read_dataset
 
@@ -144,6 +145,15 @@ def view_rows(
     if created:
         frame = to_utc(frame, created, owner=owner)
     return frame
+
+
+def given_rows(
+    view: View, data: Mapping[str, pl.DataFrame | pl.LazyFrame] | None
+) -> pl.DataFrame | pl.LazyFrame | None:
+    """The frame ``data`` holds for a view's dataset-named source, if it holds one."""
+    if not isinstance(view.source, str) or not data:
+        return None
+    return data.get(view.source.partition("@")[0])
 
 
 def view_columns(view: View) -> list[str]:

@@ -39,6 +39,7 @@ from loopline.features.engine import (
     ROW,
     align_keys,
     by_entity,
+    given_rows,
     latest_values,
     to_utc,
     view_columns,
@@ -223,9 +224,8 @@ def _rows_key(
     """What a view's rows depend on, when that can be told without computing them."""
     if view.where is not None or view.transform or callable(view.source):
         return None
-    source: object = view.source
-    if isinstance(source, str) and data and source.partition("@")[0] in data:
-        source = data[source.partition("@")[0]]
+    given = given_rows(view, data)
+    source = given if given is not None else view.source
     origin = source if isinstance(source, str) else id(source)
     return (origin, tuple(view_columns(view)), tuple(view.keys))
 
@@ -260,8 +260,13 @@ def _auto_partitions(ws: Workspace, query: pl.DataFrame, rows: pl.DataFrame) -> 
     ``PARTITION_BYTES``."""
     if not on_ray(ws):
         return 1
-    size = int(query.estimated_size() + rows.estimated_size())
+    size = _bytes(query, rows)
     return max(ray_cpus(), -(-size // PARTITION_BYTES))
+
+
+def _bytes(query: pl.DataFrame, rows: pl.DataFrame) -> int:
+    """The memory a partition's label rows and view rows hold, about."""
+    return int(query.estimated_size() + rows.estimated_size())
 
 
 def _without_source(view: View) -> View:
@@ -276,7 +281,7 @@ def _without_source(view: View) -> View:
 def _piece_cost(piece: tuple[View, pl.DataFrame, pl.DataFrame]) -> float:
     """A partition's work, roughly: its rows' bytes times the features computed from them."""
     view, query, rows = piece
-    return float(query.estimated_size() + rows.estimated_size()) * len(view.feature_names)
+    return float(_bytes(query, rows) * len(view.feature_names))
 
 
 def _piece_values(piece: tuple[View, pl.DataFrame, pl.DataFrame]) -> pl.DataFrame:
@@ -293,7 +298,7 @@ point-in-time join benchmark: 3.6 s and 2.1 GB in pieces, 2.7 s and 1.4 GB whole
 
 def _view_values(view: View, query: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
     """The view's values for the query rows (with ``ROW``, in no particular order)."""
-    pieces = -(-int(query.estimated_size() + rows.estimated_size()) // PIECE_BYTES)
+    pieces = -(-_bytes(query, rows) // PIECE_BYTES)
     if isinstance(view, WindowView) and pieces > 1 and query.height > 0:
         parts = by_entity(query, rows, view.keys, pieces, seed=1)
         return pl.concat([_values(view, q, r) for q, r in parts])
