@@ -9,9 +9,10 @@ workers, ``Distributed(workers=N)``: one LightGBM rank per worker).
 
 Each configuration runs in a fresh process with a fresh cluster: ``local`` (the thread
 executor; Polars and LightGBM use both cores), ``ray-1`` (a Ray cluster of one CPU) and
-``ray-2`` (two CPUs). A Ray worker holds one CPU and Polars one thread in it (the local
-cluster sets ``POLARS_MAX_THREADS=1``), so ``ray-1`` is one worker's speed and
-``ray-2 / ray-1`` the speedup of a second worker. The driver's peak memory (the process
+``ray-2`` (two CPUs). A partition task or a fit's rank holds one CPU and Polars one
+thread in it (``ONE_THREAD``), so ``ray-1`` is one worker's speed and ``ray-2 / ray-1``
+the speedup of a second worker; a step's own process runs Polars on the cluster's CPUs
+for the work around its partitions. The driver's peak memory (the process
 that runs the pipeline; its steps run in Ray's workers) is measured at ``ROWS`` and half
 of it. Last, the machine's own ceiling for two workers: one worker's share of the
 features step (half the users) in a plain process with one Polars thread, alone and then
@@ -246,9 +247,10 @@ def run() -> str:
             f"aggregations and a latest value ({rows // 10:,} rows), LightGBM (50 rounds). "
             f"Seconds per step, the median of {repeats} rounds of the three "
             f"configurations in turn, each run in a fresh process and cluster, the "
-            f"cache off. On Ray a worker is one CPU with one Polars thread; the training "
-            f"set's entity partitions and the model's data shards are Ray tasks. Speedup "
-            f"= ray-1 / ray-2; efficiency = speedup / 2.",
+            f"cache off. On Ray a worker is one CPU: the training set's entity partitions "
+            f"and the model's data shards are Ray tasks of one CPU and one Polars thread, "
+            f"and a step's own process runs Polars on the cluster's CPUs for the work "
+            f"around them. Speedup = ray-1 / ray-2; efficiency = speedup / 2.",
             "",
             "| step | local (2 threads) | Ray, 1 worker | Ray, 2 workers | speedup | efficiency |",
             "|---|---:|---:|---:|---:|---:|",

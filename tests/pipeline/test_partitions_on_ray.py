@@ -25,7 +25,7 @@ import ray
 from loopline.config import Settings
 from loopline.data.contract import Column, Contract, Freshness
 from loopline.data.ingest import IngestResult, ingest, read_dataset, read_quarantine
-from loopline.data.parallel import map_partitions, on_ray
+from loopline.data.parallel import ONE_THREAD, _Fanout, map_partitions, on_ray
 from loopline.data.sources.files import FileSource
 from loopline.data.workspace import Workspace
 from loopline.errors import ContractError
@@ -113,12 +113,12 @@ def test_partitions_run_as_ray_tasks_in_order(tmp_path: Path) -> None:
 
 
 def test_inside_a_task_the_caller_takes_partitions_too(tmp_path: Path) -> None:
-    """A step's task holds a CPU: Ray tasks take items, one per other CPU, and the caller
-    the next one; the results still come in item order."""
+    """A step's task on one Polars thread holds a CPU: Ray tasks take items, one per
+    other CPU, and the caller the next one; the results still come in item order."""
     ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
     items = [0.4, 0.3, 0.2, 0.1, 0.0, 0.05]
 
-    @ray.remote(num_cpus=1)
+    @ray.remote(num_cpus=1, runtime_env=ONE_THREAD)
     def step() -> tuple[int, list[tuple[float, int]]]:
         return os.getpid(), map_partitions(_pid_after, items, name="help", workspace=ws)
 
@@ -134,7 +134,7 @@ def test_the_largest_items_start_first(tmp_path: Path) -> None:
     ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
     items = [0.0, 0.05, 0.4, 0.3]
 
-    @ray.remote(num_cpus=1)
+    @ray.remote(num_cpus=1, runtime_env=ONE_THREAD)
     def step() -> tuple[int, list[tuple[float, int]]]:
         done = map_partitions(_pid_after, items, name="big", workspace=ws, cost=lambda s: s)
         return os.getpid(), done
@@ -148,13 +148,64 @@ def test_the_largest_items_start_first(tmp_path: Path) -> None:
 def test_an_error_in_the_callers_partition_is_raised_as_itself(tmp_path: Path) -> None:
     ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
 
-    @ray.remote(num_cpus=1)
+    @ray.remote(num_cpus=1, runtime_env=ONE_THREAD)
     def step() -> list[int]:
         # A Ray task takes item 0; the caller takes 1.
         return map_partitions(_fails_on_one, [0, 1, 2], name="fails", workspace=ws)
 
     with pytest.raises(ContractError, match="partition 1 broke"):
         ray.get(step.remote())
+
+
+def test_a_caller_on_more_polars_threads_lends_its_cpu(tmp_path: Path) -> None:
+    """A step's process with a Polars thread per CPU (as on the local cluster; the
+    session's cluster leaves Polars its default) computes no item: it waits in ray.get,
+    which frees its CPU, so two items run side by side on the two CPUs while the step
+    holds one of them."""
+    ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
+    folder = str(tmp_path)
+
+    @ray.remote(num_cpus=1)
+    def step() -> tuple[int, int, list[tuple[bool, int]]]:
+        items = [(folder, "a", "b"), (folder, "b", "a")]
+        done = map_partitions(_meet, items, name="lend", workspace=ws)
+        return os.getpid(), pl.thread_pool_size(), done
+
+    caller, threads, done = ray.get(step.remote())
+    assert threads > 1
+    assert [met for met, _ in done] == [True, True], "the items did not run at the same time"
+    assert caller not in {pid for _, pid in done}
+    assert done[0][1] != done[1][1]
+
+
+def _meet(item: tuple[str, str, str]) -> tuple[bool, int]:
+    """Leave a mark, and wait (up to a minute) for the other item's: both ran at once."""
+    folder, mine, other = item
+    Path(folder, mine).touch()
+    deadline = time.monotonic() + 60
+    while not Path(folder, other).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return Path(folder, other).exists(), os.getpid()
+
+
+def test_a_frame_that_items_share_goes_to_the_object_store_once(tmp_path: Path) -> None:
+    ws = Workspace(f"sqlite:///{tmp_path}/meta.db", str(tmp_path / "artifacts"), engine="ray")
+    rows, other = pl.DataFrame({"x": [1, 2, 3]}), pl.DataFrame({"x": [4]})
+    items = [(rows, 0), (rows, 1), (other, 2)]
+    assert map_partitions(_height_and_tag, items, name="shared", workspace=ws) == [
+        (3, 6, 0),
+        (3, 6, 1),
+        (1, 4, 2),
+    ]
+    fanout = _Fanout(ray, _height_and_tag, None, "shared", ws)
+    first, second, third = (fanout._ship(item) for item in items)
+    assert first[0].ref == second[0].ref != third[0].ref
+    assert first[1:] == (0,)
+
+
+def _height_and_tag(item: tuple[pl.DataFrame, int]) -> tuple[int, int, int]:
+    frame, tag = item
+    return frame.height, int(frame["x"].sum()), tag
 
 
 def _pid_after(seconds: float) -> tuple[float, int]:

@@ -5,8 +5,9 @@ partitions, a training set's entity-hash partitions, batch scoring's input files
 ``map_partitions(fn, items)`` and gets the results in the order of ``items``, whatever
 ran where. In a step on the ``ray`` engine the items are Ray tasks (one CPU, Polars
 held to that many threads, run again by Ray when its worker process dies), and the
-step's own process takes items too; anywhere else the items run one after another in
-this thread, which keeps memory to one partition at a time. The function, its items
+step's own process takes items too or lends its CPU to them (``map_partitions``);
+anywhere else the items run one after another in this thread, which keeps memory to
+one partition at a time. The function, its items
 and its results travel through Ray's object store, so they should be small records or
 Arrow/Polars data, never open files.
 Polars frames travel as Arrow tables: Ray passes their buffers without pickling them
@@ -25,6 +26,7 @@ Examples
 from __future__ import annotations
 
 import bisect
+import contextlib
 import importlib
 import pickle
 import sys
@@ -35,6 +37,7 @@ from typing import Any, TypeVar
 from loopline.data.workspace import Workspace, current_workspace, use_workspace
 
 __all__ = [
+    "ONE_THREAD",
     "WORKER_RETRIES",
     "frames_as_arrow",
     "map_partitions",
@@ -47,6 +50,13 @@ _R = TypeVar("_R")
 
 WORKER_RETRIES = 3
 """How often Ray runs a partition again when its worker process dies (a crash, OOM kill)."""
+
+ONE_THREAD: dict[str, Any] = {"env_vars": {"POLARS_MAX_THREADS": "1"}}
+"""The ``runtime_env`` of a Ray task that holds one CPU and computes: Polars with one
+thread there, as Ray gives OpenMP one. A partition, a distributed fit's rank and the
+processes warmed for them share it, so they share Ray's worker processes for it; a
+step's own process, which holds a CPU but splits and joins the data alone while no
+partition runs, keeps the cluster's setting (every CPU of the node on a local cluster)."""
 
 
 def on_ray(workspace: Workspace | None = None) -> bool:
@@ -87,11 +97,16 @@ def map_partitions(
     ``cost(item)`` first among those made when given (the rows a partition holds, say):
     the small ones left for the end even out the CPUs' finishing times.
 
-    Called inside a Ray task (a step on the ``ray`` engine), the calling process works
-    too: it holds a CPU of its own, so once every item is made, Ray tasks take them,
-    one per other CPU of the cluster, and the caller the next one, until none is left.
-    A worker that starts slowly costs the caller nothing, and on a one-CPU cluster the
-    caller does the whole list itself.
+    Called inside a Ray task (a step on the ``ray`` engine), the calling process holds
+    a CPU of its own. Where it runs Polars on one thread (a one-CPU node), it works too:
+    once every item is made, Ray tasks take them, one per other CPU of the cluster, and
+    the caller the next one, until none is left; on a one-CPU cluster it does the whole
+    list itself. Where it runs Polars on more (a step's process on a local cluster
+    uses every CPU of the node for the work before and after its partitions), it would
+    take CPU from the tasks beside it, so it lends its CPU to one more task instead,
+    waiting in ``ray.get``. A frame that several tuple items share (two views'
+    partitions of the same rows) goes to Ray's object store once, and stays there until
+    the map ends.
     """
     ws = workspace or current_workspace()
     if not on_ray(ws) or (isinstance(items, Sequence) and len(items) < 2):
@@ -129,15 +144,20 @@ class _Fanout:
             num_cpus=1,
             max_retries=WORKER_RETRIES,
             retry_exceptions=False,
+            runtime_env=ONE_THREAD,
         )(_partition)
-        # A driver holds no CPU of the cluster, and may be a laptop: it only waits.
-        self.helping = ray.get_runtime_context().get_task_id() is not None
-        self.slots = ray_cpus() - 1 if self.helping else sys.maxsize
+        # A driver holds no CPU of the cluster, and may be a laptop: it only waits. A
+        # task computes items on one Polars thread, or lends its CPU (map_partitions).
+        in_task = ray.get_runtime_context().get_task_id() is not None
+        self.helping = in_task and _polars_threads() == 1
+        self.lending = in_task and not self.helping
+        self.slots = ray_cpus() - 1 if self.helping else ray_cpus() if in_task else sys.maxsize
         self.items: list[Any] = []  # an item is dropped (None) once it has been sent or run
         self.costs: list[float] = []
         self.todo: list[int] = []  # made, not started: largest cost first
         self.running: dict[Any, int] = {}
         self.results: dict[int, Any] = {}
+        self.shared: dict[int, tuple[Any, Any]] = {}  # id(frame) -> (frame, its ref)
         self.error: BaseException | None = None
         self.lock = threading.Lock()
         self.made = threading.Event()
@@ -155,6 +175,8 @@ class _Fanout:
                     self.costs.append(self.cost(item) if self.cost else 0.0)
                     bisect.insort(self.todo, len(self.items) - 1, key=lambda i: -self.costs[i])
             self.made.set()
+            if self.lending:
+                self._lend(feeder)
             while self.helping and (mine := self._next()) is not None:
                 with use_workspace(self.ws):
                     value = self.fn(self._take(mine))
@@ -165,11 +187,29 @@ class _Fanout:
                 self.error = self.error or exc
             self.stop.set()
         feeder.join()
+        self.shared.clear()
         if self.error is not None:
             for ref in self.running:
                 self.ray.cancel(ref)
             raise self.error
         return [self.results[index] for index in range(len(self.items))]
+
+    def _lend(self, feeder: threading.Thread) -> None:
+        """Wait for the running tasks in ``ray.get`` until the feeder has collected
+        them all: Ray frees the CPU of a task blocked there (not in ``ray.wait``), and
+        gives it to the next item. The feeder still collects and sends."""
+        waited: set[Any] = set()
+        while feeder.is_alive() and not self.stop.is_set():
+            with self.lock:
+                ref = next((r for r in self.running if r not in waited), None)
+            if ref is None:
+                feeder.join(self.POLL)
+                continue
+            waited.add(ref)
+            # Without a timeout: a get with one does not free the CPU. A failed map
+            # cancels its tasks (_feed), which ends the wait; the feeder has the error.
+            with contextlib.suppress(Exception):
+                self.ray.get(ref)
 
     def _next(self) -> int | None:
         """The caller's next item, once every free CPU has one."""
@@ -184,9 +224,23 @@ class _Fanout:
         while self.todo and len(self.running) < self.slots:
             index = self.todo.pop(0)
             ref = self.remote.options(name=f"loopline:{self.name}[{index}]").remote(
-                self.fn, self._take(index), self.ws
+                self.fn, self._ship(self._take(index)), self.ws
             )
             self.running[ref] = index
+
+    def _ship(self, item: Any) -> Any:
+        """``item`` with each frame of a tuple item in the object store once: items that
+        share a frame (two views' partitions of the same rows) send it one time."""
+        if not isinstance(item, tuple):
+            return item
+        return tuple(self._shared(part) if _is_frame(part) else part for part in item)
+
+    def _shared(self, frame: Any) -> _Shared:
+        key = id(frame)
+        if key not in self.shared:
+            # The frame is kept with its reference, so that its id is not reused.
+            self.shared[key] = (frame, self.ray.put(frame))
+        return _Shared(self.shared[key][1])
 
     def _take(self, index: int) -> Any:
         item, self.items[index] = self.items[index], None
@@ -213,12 +267,42 @@ class _Fanout:
         except BaseException as exc:
             with self.lock:
                 self.error = self.error or exc
+                running = list(self.running)
             self.stop.set()
+            for ref in running:  # and a caller waiting on one in _lend wakes
+                self.ray.cancel(ref)
+
+
+class _Shared:
+    """A frame of an item, in Ray's object store (see ``_Fanout._ship``)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def get(self) -> Any:
+        ray: Any = importlib.import_module("ray")
+        return ray.get(self.ref)
+
+
+def _is_frame(value: Any) -> bool:
+    polars = sys.modules.get("polars")
+    return polars is not None and isinstance(value, polars.DataFrame)
+
+
+def _polars_threads() -> int:
+    """The threads of this process's Polars pool (fixed when Polars starts)."""
+    import polars as pl
+
+    return int(pl.thread_pool_size())
 
 
 def _partition(fn: Callable[[Any], Any], item: Any, ws: Workspace) -> tuple[bool, Any]:
     """One partition on a Ray worker: ``(failed, value or pickled exception)``."""
     frames_as_arrow()
+    if isinstance(item, tuple):
+        item = tuple(part.get() if isinstance(part, _Shared) else part for part in item)
     try:
         with use_workspace(ws):
             return False, fn(item)

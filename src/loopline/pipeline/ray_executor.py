@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
+from loopline.data.parallel import ONE_THREAD
 from loopline.errors import ConfigError, PipelineError
 from loopline.pipeline.executor import ShutsDown, StepResult, StepTask, run_task
 
@@ -90,21 +91,24 @@ class RayExecutor(ShutsDown):
 
 
 WORKER_PROCESSES = 2
-"""Idle worker processes a local cluster keeps, per CPU. A step's task waiting for its
-partitions holds a process while every CPU runs a partition in another, so a busy cluster
-uses more processes than CPUs; Ray's default keeps one per CPU and kills the others once
-idle, and the next partitioned step waits seconds for new ones to start and import
-loopline."""
+"""Idle worker processes a local cluster keeps, per CPU. Steps and the partitions they
+fan out run in processes of two environments (Polars on every CPU, or on one), and a
+step waiting for its partitions holds a process while every CPU runs one in another, so
+a busy cluster uses more processes than CPUs; Ray's default keeps one per CPU and kills
+the others once idle, and the next partitioned step waits seconds for new ones to start
+and import loopline."""
 
 
 def _warm_up(ray: Any, processes: int) -> None:
-    """Have ``processes`` worker processes start and import loopline now, in the
-    background, rather than when a step's partitions (or a distributed fit) first need
-    them (see ``WORKER_PROCESSES``). The tasks take no CPU and overlap (each imports
-    for seconds), so each gets a process of its own; nothing waits for them."""
+    """Have ``processes`` worker processes for partitions and distributed fits (their
+    ``ONE_THREAD`` environment), and one for a step, start and import loopline now, in
+    the background, rather than when a step's partitions (or a distributed fit) first
+    need them (see ``WORKER_PROCESSES``). The tasks take no CPU and overlap (each
+    imports for seconds), so each gets a process of its own; nothing waits for them."""
     warm = ray.remote(num_cpus=0, max_retries=0)(_prepare_worker)
+    warm.options(name="loopline:warm-up").remote()  # a second step's, beside the first
     for _ in range(processes):
-        warm.options(name="loopline:warm-up").remote()
+        warm.options(name="loopline:warm-up", runtime_env=ONE_THREAD).remote()
 
 
 def _step(task: StepTask) -> StepResult:
@@ -181,11 +185,13 @@ def _import_ray() -> Any:
 def _connect(ray: Any, address: str | None, num_cpus: int | None) -> None:
     if address is None:
         cpus = num_cpus or os.cpu_count() or 1
-        # A task holds one CPU: Polars gets one thread there, as Ray gives OpenMP one
-        # (OMP_NUM_THREADS=1), rather than a thread per core in every worker. Set in the
-        # environment the cluster's processes inherit, not as a runtime_env: Ray starts
-        # a worker per CPU with the cluster, and uses those only for jobs without one.
-        with _environment(POLARS_MAX_THREADS="1"):
+        # A step's process runs Polars on every CPU: what it does apart from its
+        # partitions (reading its inputs, splitting them, joining and writing the
+        # result) runs while no partition does. Its partitions and distributed fits run
+        # on one thread each (ONE_THREAD). Set in the environment the cluster's
+        # processes inherit, not as the job's runtime_env: Ray starts a worker per CPU
+        # with the cluster, and uses those only for jobs without one.
+        with _environment(POLARS_MAX_THREADS=str(cpus)):
             ray.init(
                 # "local": a new cluster, even where 'ray start' left one running here.
                 address="local",
@@ -194,7 +200,7 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None) -> None:
                 log_to_driver=False,
                 _system_config={"num_workers_soft_limit": WORKER_PROCESSES * cpus},
             )
-        _warm_up(ray, cpus + 1)
+        _warm_up(ray, cpus)
         return
     try:
         ray.init(address=address, log_to_driver=False)

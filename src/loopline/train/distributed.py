@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from loopline.data.parallel import ONE_THREAD
 from loopline.errors import ConfigError, TrainingError
 from loopline.train.adapters import (
     LightGBMModel,
@@ -322,7 +323,7 @@ def _network(ray: Any, kind: str, strategies: list[Any]) -> Iterator[dict[str, A
     """What the workers need to find each other: LightGBM's machine list (an address on
     each worker's node) or the address of an XGBoost tracker run here."""
     if kind == LightGBMModel.kind:
-        probe = ray.remote(num_cpus=0)(_listen_address)
+        probe = ray.remote(num_cpus=0, runtime_env=ONE_THREAD)(_listen_address)
         refs = [probe.options(scheduling_strategy=s).remote() for s in strategies]
         yield {"machines": ray.get(refs)}
         return
@@ -345,7 +346,7 @@ def _run(
     shards: list[Any],
     settings: Distributed,
 ) -> bytes:
-    train = ray.remote(_train_shard)
+    train = ray.remote(runtime_env=ONE_THREAD)(_train_shard)
     with _reserved(ray, settings) as strategies, _network(ray, kind, strategies) as network:
         refs = [
             train.options(
