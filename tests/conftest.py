@@ -180,23 +180,14 @@ def ray_cluster() -> Iterator[None]:
     """One local Ray cluster (two CPUs) for every test that needs one: starting one
     takes seconds. It is shut down when the session ends.
 
-    Partitions and distributed fits run in worker processes of their own environment
-    (``ONE_THREAD``); two are started here, side by side, and import loopline and
-    LightGBM before the first test, rather than one by one inside the tests that find
-    none idle. As on the local cluster loopline starts, Ray keeps two idle processes per
-    CPU (its default of one would kill these)."""
+    It is the cluster the ``ray`` engine starts (its Polars settings, idle processes and
+    warm-up), and the session waits for the warm-up: its processes import loopline and
+    LightGBM side by side before the first test, rather than one by one inside the tests
+    that find none idle."""
     import ray
 
-    from loopline.data.parallel import ONE_THREAD
-    from loopline.pipeline.ray_executor import WORKER_PROCESSES, _prepare_worker
+    from loopline.pipeline.ray_executor import _connect
 
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _system_config={"num_workers_soft_limit": WORKER_PROCESSES * 2},
-    )
-    warm = ray.remote(num_cpus=0, runtime_env=ONE_THREAD)(_prepare_worker)
-    ray.get([warm.remote() for _ in range(2)])
+    ray.get(_connect(ray, None, 2))
     yield
     ray.shutdown()

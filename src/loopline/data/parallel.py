@@ -151,7 +151,7 @@ class _Fanout:
         in_task = ray.get_runtime_context().get_task_id() is not None
         self.helping = in_task and _polars_threads() == 1
         self.lending = in_task and not self.helping
-        self.slots = ray_cpus() - 1 if self.helping else ray_cpus() if in_task else sys.maxsize
+        self.slots = sys.maxsize if not in_task else ray_cpus() - int(self.helping)
         self.items: list[Any] = []  # an item is dropped (None) once it has been sent or run
         self.costs: list[float] = []
         self.todo: list[int] = []  # made, not started: largest cost first
@@ -183,13 +183,11 @@ class _Fanout:
                 with self.lock:
                     self.results[mine] = value
         except BaseException as exc:
-            with self.lock:
-                self.error = self.error or exc
-            self.stop.set()
+            self._fail(exc)
         feeder.join()
         self.shared.clear()
         if self.error is not None:
-            for ref in self.running:
+            for ref in self.running:  # any the feeder sent while the error was recorded
                 self.ray.cancel(ref)
             raise self.error
         return [self.results[index] for index in range(len(self.items))]
@@ -231,9 +229,11 @@ class _Fanout:
     def _ship(self, item: Any) -> Any:
         """``item`` with each frame of a tuple item in the object store once: items that
         share a frame (two views' partitions of the same rows) send it one time."""
+        import polars as pl
+
         if not isinstance(item, tuple):
             return item
-        return tuple(self._shared(part) if _is_frame(part) else part for part in item)
+        return tuple(self._shared(p) if isinstance(p, pl.DataFrame) else p for p in item)
 
     def _shared(self, frame: Any) -> _Shared:
         key = id(frame)
@@ -265,12 +265,17 @@ class _Fanout:
                     with self.lock:
                         self.results[self.running.pop(ref)] = value
         except BaseException as exc:
-            with self.lock:
-                self.error = self.error or exc
-                running = list(self.running)
-            self.stop.set()
-            for ref in running:  # and a caller waiting on one in _lend wakes
-                self.ray.cancel(ref)
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Keep the first error, stop both threads and cancel the running tasks (which
+        also wakes a caller waiting on one in ``_lend``)."""
+        with self.lock:
+            self.error = self.error or exc
+            running = list(self.running)
+        self.stop.set()
+        for ref in running:
+            self.ray.cancel(ref)
 
 
 class _Shared:
@@ -284,11 +289,6 @@ class _Shared:
     def get(self) -> Any:
         ray: Any = importlib.import_module("ray")
         return ray.get(self.ref)
-
-
-def _is_frame(value: Any) -> bool:
-    polars = sys.modules.get("polars")
-    return polars is not None and isinstance(value, polars.DataFrame)
 
 
 def _polars_threads() -> int:

@@ -99,16 +99,18 @@ the others once idle, and the next partitioned step waits seconds for new ones t
 and import loopline."""
 
 
-def _warm_up(ray: Any, processes: int) -> None:
+def _warm_up(ray: Any, processes: int) -> list[Any]:
     """Have ``processes`` worker processes for partitions and distributed fits (their
     ``ONE_THREAD`` environment), and one for a step, start and import loopline now, in
     the background, rather than when a step's partitions (or a distributed fit) first
     need them (see ``WORKER_PROCESSES``). The tasks take no CPU and overlap (each
-    imports for seconds), so each gets a process of its own; nothing waits for them."""
+    imports for seconds), so each gets a process of its own; the run does not wait for
+    them (their references are returned for a caller that does)."""
     warm = ray.remote(num_cpus=0, max_retries=0)(_prepare_worker)
-    warm.options(name="loopline:warm-up").remote()  # a second step's, beside the first
+    refs = [warm.options(name="loopline:warm-up").remote()]  # a second step's
     for _ in range(processes):
-        warm.options(name="loopline:warm-up", runtime_env=ONE_THREAD).remote()
+        refs.append(warm.options(name="loopline:warm-up", runtime_env=ONE_THREAD).remote())
+    return refs
 
 
 def _step(task: StepTask) -> StepResult:
@@ -182,7 +184,9 @@ def _import_ray() -> Any:
     return ray
 
 
-def _connect(ray: Any, address: str | None, num_cpus: int | None) -> None:
+def _connect(ray: Any, address: str | None, num_cpus: int | None) -> list[Any]:
+    """Start a cluster here (``address=None``) or join one; for a cluster started here,
+    the references of its warm-up tasks."""
     if address is None:
         cpus = num_cpus or os.cpu_count() or 1
         # A step's process runs Polars on every CPU: what it does apart from its
@@ -200,8 +204,7 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None) -> None:
                 log_to_driver=False,
                 _system_config={"num_workers_soft_limit": WORKER_PROCESSES * cpus},
             )
-        _warm_up(ray, cpus)
-        return
+        return _warm_up(ray, cpus)
     try:
         ray.init(address=address, log_to_driver=False)
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
@@ -210,3 +213,4 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None) -> None:
             f"status' on its head node) and that its client server listens on that port "
             f"(10001 unless 'ray start --ray-client-server-port' says otherwise).",
         ) from exc
+    return []
