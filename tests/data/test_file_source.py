@@ -11,6 +11,7 @@ import csv
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import re
@@ -30,7 +31,7 @@ from fsspec.implementations.local import LocalFileOpener
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopline.data.sources import LOCATION, Chunk, FileSource, Partition, Source
+from loopline.data.sources import LOCATION, Chunk, FileSource, Partition, Source, Span
 from loopline.data.sources import files as files_module
 from loopline.errors import SourceError
 
@@ -104,6 +105,8 @@ def test_file_source_is_a_source_that_pickles(tmp_path: Path) -> None:
         ({"compression": "bz2"}, "The 'compression' parameter of FileSource must be one of"),
         ({"block_size": 0}, "The 'block_size' parameter of FileSource must be a positive"),
         ({"block_size": True}, "The 'block_size' parameter of FileSource must be a positive"),
+        ({"split_bytes": 0}, "The 'split_bytes' parameter of FileSource must be a positive"),
+        ({"split_bytes": 1.5}, "The 'split_bytes' parameter of FileSource must be a positive"),
     ],
 )
 def test_parameters_are_checked_where_they_enter(options: dict[str, Any], message: str) -> None:
@@ -754,3 +757,171 @@ def test_a_first_row_that_cannot_be_read_without_a_header_is_a_source_error(
 ) -> None:
     with pytest.raises(SourceError, match=r"The first row of .* \(line 1\) cannot be read"):
         _csv(tmp_path, b'1,"2\n', header=False)
+
+
+# -- large files in pieces ---------------------------------------------------------------------
+
+
+def _spans(parts: list[Partition]) -> list[Span]:
+    spans = [p.span for p in parts]
+    assert all(span is not None for span in spans)
+    return [span for span in spans if span is not None]
+
+
+def _note_rows(count: int) -> str:
+    """CSV rows, every fifth with a quoted line break."""
+    return "".join(f'{i},"line\n{i}"\n' if i % 5 == 0 else f"{i},plain\n" for i in range(count))
+
+
+def test_a_large_csv_is_split_at_record_starts_and_reads_as_the_whole_file(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path / "big.csv", "\ufeffid,note\n" + _note_rows(2000) + '7,"open\n8,9,0\n')
+    content = path.read_bytes()
+    split = FileSource(str(path), block_size=256, split_bytes=4096)
+    parts = split.partitions()
+    spans = _spans(parts)
+    assert len(parts) > 3
+    assert [p.key for p in parts] == [f"{path} [bytes {s.start}-{s.stop}]" for s in spans]
+    assert {p.source for p in parts} == {str(path)}
+    assert [s.start for s in spans] == [0] + [s.stop for s in spans[:-1]]
+    assert spans[-1].stop == len(content) == sum(p.size_bytes or 0 for p in parts)
+    for span in spans[1:]:
+        assert span.stop - span.start >= 4096 or span is spans[-1]
+        assert content[span.start - 1 : span.start] == b"\n"
+        assert span.first == content[: span.start].count(b"\n") + 1
+        # a cut is never inside a quoted line break: the piece starts with a row's id
+        assert re.match(rb"\d+,", content[span.start :])
+    assert _read(split) == _read(FileSource(str(path), block_size=256))
+    rows, rejects = _read(split)
+    assert len(rows) == 2000
+    assert [r["reason"] for r in rejects] == [
+        "broken quoting: quoted field opened at byte 3 is never closed",
+        "expected 2 fields, found 3",
+    ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    expected=_csv_files(),
+    block_size=st.sampled_from([1, 2, 3, 7, 16, 64]),
+    split_bytes=st.sampled_from([1, 4, 16, 64]),
+)
+def test_a_split_csv_reads_as_the_whole_file_whatever_it_holds(
+    tmp_path_factory: pytest.TempPathFactory,
+    expected: _Expected,
+    block_size: int,
+    split_bytes: int,
+) -> None:
+    """Rows, locations and rejects: the pieces together are the whole file."""
+    path = _write(tmp_path_factory.mktemp("csv") / "data.csv", expected.content)
+    whole = _read(FileSource(str(path), block_size=block_size))
+    split = FileSource(str(path), block_size=block_size, split_bytes=split_bytes)
+    assert _read(split) == whole
+
+
+def test_header_false_pieces_are_named_by_the_first_row(tmp_path: Path) -> None:
+    path = _write(tmp_path / "big.csv", _note_rows(500))
+    whole = FileSource(str(path), header=False, block_size=128)
+    split = FileSource(str(path), header=False, block_size=128, split_bytes=1024)
+    assert len(split.partitions()) > 2
+    rows, _ = _read(split)
+    assert rows == _read(whole)[0]
+    assert list(rows[-1]) == ["column_1", "column_2", LOCATION]
+
+
+def test_a_large_jsonl_file_is_split_at_line_ends(tmp_path: Path) -> None:
+    lines = [json.dumps({"a": i, "b": f"q{i}"}) if i % 11 else "not json" for i in range(600)]
+    path = _write(tmp_path / "big.jsonl", "\n".join(lines) + "\n")
+    split = FileSource(str(path), block_size=300, split_bytes=2000)
+    assert len(split.partitions()) > 3
+    rows, rejects = _read(split)
+    assert (rows, rejects) == _read(FileSource(str(path), block_size=300))
+    assert len(rows) + len(rejects) == 600
+    assert [r["location"] for r in rejects] == [i + 1 for i in range(0, 600, 11)]
+
+
+def test_a_large_parquet_file_is_split_between_row_groups(tmp_path: Path) -> None:
+    path = tmp_path / "big.parquet"
+    table = pa.table({"x": range(10_000), "s": [f"value {i}" for i in range(10_000)]})
+    pq.write_table(table, path, row_group_size=1_000)
+    split = FileSource(str(path), split_bytes=20_000)
+    parts = split.partitions()
+    spans = _spans(parts)
+    assert len(parts) > 2
+    assert [p.key for p in parts] == [f"{path} [row groups {s.start}-{s.stop}]" for s in spans]
+    assert [s.start for s in spans] == [0] + [s.stop for s in spans[:-1]]
+    assert spans[-1].stop == 10
+    assert [s.first for s in spans] == [1 + 1_000 * s.start for s in spans]
+    assert _read(split) == _read(FileSource(str(path)))
+    single = tmp_path / "one.parquet"
+    pq.write_table(table, single)  # one row group: nothing to split between
+    [whole] = FileSource(str(single), split_bytes=1).partitions()
+    assert (whole.key, whole.span) == (str(single), None)
+
+
+def test_files_that_cannot_be_split_stay_whole(tmp_path: Path) -> None:
+    text = "id,note\n" + _note_rows(300)
+    gzipped = _write(tmp_path / "a.csv.gz", gzip.compress(text.encode()))
+    latin = _write(tmp_path / "b.csv", text.replace("plain", "pl\xe4in").encode("latin-1"))
+    small = _write(tmp_path / "c.csv", text)
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as archive:
+        archive.writestr("inner.csv", text)
+    cases: list[tuple[Path, dict[str, Any]]] = [
+        (gzipped, {}),
+        (latin, {"encoding": "latin-1"}),
+        (small, {"split_bytes": len(text)}),
+        (tmp_path / "d.zip", {}),
+        (small, {"split_bytes": None}),
+    ]
+    for path, options in cases:
+        [part] = FileSource(str(path), **{"split_bytes": 64, **options}).partitions()
+        assert part.span is None
+
+
+def test_a_piece_changed_after_listing_is_not_kept(tmp_path: Path) -> None:
+    path = _write(tmp_path / "big.csv", "id,note\n" + _note_rows(1000))
+    source = FileSource(str(path), block_size=256, split_bytes=2048)
+    parts = source.partitions()
+    start = _spans(parts)[2].start
+    with path.open("r+b") as handle:  # same size, one byte of the third piece changed
+        handle.seek(start)
+        handle.write(b"9")
+    list(source.read(parts[1]))
+    with pytest.raises(SourceError, match="changed after its partitions were listed") as caught:
+        list(source.read(parts[2]))
+    assert f"the content of {parts[2].key} no longer matches" in str(caught.value)
+    with path.open("r+b") as handle:
+        handle.truncate(start + 10)
+    with pytest.raises(SourceError, match="was truncated after its partitions were listed"):
+        list(source.read(parts[3]))
+
+
+def test_a_parquet_piece_changed_after_listing_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "big.parquet"
+    table = pa.table({"x": range(5_000)})
+    pq.write_table(table, path, row_group_size=500)
+    source = FileSource(str(path), split_bytes=2_000)
+    parts = source.partitions()
+    pq.write_table(pa.table({"x": range(1, 5_001)}), path, row_group_size=500)
+    chunks = source.read(parts[1])
+    with pytest.raises(SourceError, match="changed after its partitions were listed"):
+        next(chunks)
+
+
+def test_a_growing_file_keeps_its_earlier_pieces_and_a_new_header_changes_all(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path / "log.csv", "id,note\n" + _note_rows(1000))
+    source = FileSource(str(path), block_size=256, split_bytes=2048)
+    before = source.partitions()
+    with path.open("a") as more:
+        more.write(_note_rows(300))
+    after = source.partitions()
+    assert after[: len(before) - 1] == before[:-1]
+    assert after[len(before) - 1].key != before[-1].key
+    assert len(after) > len(before)
+    _write(path, path.read_text().replace("id,note", "id,text", 1))
+    renamed = source.partitions()
+    assert [p.key for p in renamed] == [p.key for p in after]
+    assert all(r.fingerprint != a.fingerprint for r, a in zip(renamed, after, strict=True))

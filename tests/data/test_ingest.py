@@ -102,6 +102,34 @@ def test_unchanged_files_reuse_their_parts_and_changed_ones_are_read_again(
     assert read_dataset(changed.dataset, workspace=ws).column("km").to_pylist() == [2.5, 4, 5]
 
 
+def test_a_growing_file_in_pieces_reads_only_its_new_pieces(tmp_path: Path, ws: Workspace) -> None:
+    path = tmp_path / "trips.csv"
+    cities = ["Oslo", "Lima", "Rome"]  # Rome is not allowed: quarantined
+    write(path, "id,city,km\n" + "".join(f"{i},{cities[i % 3]},{i}\n" for i in range(3_000)))
+    source = FileSource(str(path), block_size=1024, split_bytes=8_192)
+    first = ingest(source, contract=TRIPS, workspace=ws)
+    with path.open("a") as more:
+        more.write("".join(f"{i},Oslo,{i}\n" for i in range(3_000, 3_500)))
+    grown = ingest(source, contract=TRIPS, workspace=ws)
+    whole = ingest(
+        FileSource(str(path), split_bytes=None), name="whole", contract=TRIPS, workspace=ws
+    )
+
+    pieces = first.parts_read
+    assert pieces > 3
+    assert (grown.parts_read, grown.parts_reused) == (
+        len(source.partitions()) - pieces + 1,
+        pieces - 1,
+    )
+    assert read_dataset(grown.dataset, workspace=ws) == read_dataset(whole.dataset, workspace=ws)
+    split_bad, whole_bad = (
+        read_quarantine(result.dataset, workspace=ws).to_pylist() for result in (grown, whole)
+    )
+    assert split_bad == whole_bad
+    assert len(split_bad) == 1_000
+    assert (grown.dataset.rows, grown.dataset.rows_quarantined) == (2_500, 1_000)
+
+
 def test_a_changed_contract_reads_everything_again(tmp_path: Path, ws: Workspace) -> None:
     source = FileSource(str(write(tmp_path / "a.csv", "id,city,km\n1,Oslo,2.5\n")))
     ingest(source, contract=TRIPS, workspace=ws)

@@ -67,11 +67,12 @@ def _write(folder: Path, files: int, rows: int) -> Path:
     return folder
 
 
-def _ingest(root: Path, files: Path, engine: str, **kwargs: Any) -> tuple[IngestResult, Workspace]:
+def _ingest(
+    root: Path, files: Path, engine: str, split_bytes: int | None = None, **kwargs: Any
+) -> tuple[IngestResult, Workspace]:
     ws = Workspace(f"sqlite:///{root}/meta.db", str(root / "artifacts"), engine=engine)
-    return ingest(
-        FileSource(str(files / "*.csv")), contract=CONTRACT, now=NOW, workspace=ws, **kwargs
-    ), ws
+    source = FileSource(str(files / "*.csv"), split_bytes=split_bytes)
+    return ingest(source, contract=CONTRACT, now=NOW, workspace=ws, **kwargs), ws
 
 
 def _stored(result: IngestResult, ws: Workspace) -> dict[str, Any]:
@@ -235,6 +236,20 @@ def test_ingest_on_ray_stores_what_the_local_engine_stores(
     assert on_ray == local
     assert len(local["parts"]) == 4
     assert local["rows"][1] > 0
+
+
+def test_one_large_file_in_pieces_is_ingested_on_ray_as_on_the_local_engine(
+    tmp_path: Path, one_task_per_file: None
+) -> None:
+    files = _write(tmp_path / "in", files=1, rows=20_000)
+    local = _stored(*_ingest(tmp_path / "local", files, "local", split_bytes=150_000))
+    on_ray = _stored(*_ingest(tmp_path / "ray", files, "ray", split_bytes=150_000))
+    assert on_ray == local
+    assert len(local["parts"]) > 3
+    whole = _stored(*_ingest(tmp_path / "whole", files, "local"))
+    assert len(whole["parts"]) == 1
+    for key in ("rows", "data", "quarantine", "warnings", "status"):
+        assert local[key] == whole[key]
 
 
 def test_a_failing_contract_fails_the_same_way_on_ray(

@@ -22,7 +22,8 @@ _CHUNK = 1 << 20
 # Such "racily clean" files, in git's words, are hashed again rather than memoized.
 _RACY_S = 3.0
 # (protocol, path, size, mtime, ctime or ETag, inode) -> sha256: re-hash only what moved.
-_HASH_MEMO: dict[tuple[str, str, int, float, str, str], str] = {}
+_StatKey = tuple[str, str, int, float, str, str]
+_HASH_MEMO: dict[_StatKey, str] = {}
 _MEMO_LOCK = threading.Lock()
 
 
@@ -126,7 +127,9 @@ def _settled(info: Mapping[str, Any]) -> bool:
     return newest > 0 and time.time() - newest >= _RACY_S
 
 
-def _file_digest(url: str) -> tuple[int, str]:
+def _stat(url: str) -> tuple[_StatKey | None, int]:
+    """What identifies the file's content in a memo (None when its stat data cannot vouch
+    for it yet, see ``_RACY_S``), and its size."""
     fs, path = fsspec.core.url_to_fs(url)
     try:
         info = fs.info(path)
@@ -139,10 +142,16 @@ def _file_digest(url: str) -> tuple[int, str]:
     # cannot be set back), and object stores give an ETag; either voids the memo.
     change = info.get("created") or info.get("ETag") or info.get("etag") or ""
     key = (protocol, path, size, mtime, str(change), str(info.get("ino") or ""))
+    return (key if _settled(info) else None), size
+
+
+def _file_digest(url: str) -> tuple[int, str]:
+    key, size = _stat(url)
     with _MEMO_LOCK:
-        known = _HASH_MEMO.get(key)
+        known = _HASH_MEMO.get(key) if key is not None else None
     if known is not None:
         return size, known
+    fs, path = fsspec.core.url_to_fs(url)
     sha = hashlib.sha256()
     try:
         with fs.open(path, "rb") as handle:
@@ -150,7 +159,7 @@ def _file_digest(url: str) -> tuple[int, str]:
                 sha.update(chunk)
     except FileNotFoundError as exc:
         raise SourceError(f"File {url!r} disappeared while it was being read.", path=url) from exc
-    if _settled(info):
+    if key is not None:
         with _MEMO_LOCK:
             _HASH_MEMO[key] = sha.hexdigest()
     return size, sha.hexdigest()

@@ -7,6 +7,7 @@ from loopline.data.sources.base import (
     Chunk,
     Partition,
     Source,
+    Span,
     quarantined_rejects,
     rejects_table,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Partition",
     "SQLSource",
     "Source",
+    "Span",
     "quarantined_rejects",
     "rejects_table",
 ]

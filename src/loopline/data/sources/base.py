@@ -35,6 +35,7 @@ __all__ = [
     "Chunk",
     "Partition",
     "Source",
+    "Span",
     "quarantined_rejects",
     "rejects_table",
 ]
@@ -82,6 +83,16 @@ def rejects_table(
 
 
 @dataclass(frozen=True)
+class Span:
+    """A piece of one file: bytes ``[start, stop)`` of a text file, or row groups
+    ``[start, stop)`` of a Parquet file, whose first row is at location ``first``."""
+
+    start: int
+    stop: int
+    first: int
+
+
+@dataclass(frozen=True)
 class Partition:
     """A piece of a source that can be read on its own."""
 
@@ -93,6 +104,8 @@ class Partition:
     """Content identity: equal fingerprints mean equal rows (file: its sha256)."""
     size_bytes: int | None = None
     """Approximate size, for splitting work by bytes; None when unknown."""
+    span: Span | None = None
+    """The piece of ``source`` this is, when a large file is split; None for all of it."""
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Files as a source: CSV, TSV, Parquet and JSON Lines, local or behind any fsspec URL.
 
 Every matched file is one partition (a zip archive: one partition per member), whose
-fingerprint is the sha256 of the file's bytes (``loopline.data.files``). Reading a
-partition yields chunks of about ``block_size`` bytes of input, so memory stays flat
-however large the file is.
+fingerprint is the sha256 of the file's bytes (``loopline.data.files``); with
+``split_bytes``, a larger file is split into partitions of about that size where it can
+be (docs/decisions/0025-splitting-large-files.md). Reading a partition yields chunks of
+about ``block_size`` bytes of input, so memory stays flat however large the file is.
 
 CSV and TSV values are delivered as strings, exactly as written: turning them into
 numbers or dates is the contract's job. Rows that cannot be parsed (broken quoting, a
@@ -55,8 +56,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from loopline.data.files import Files, _file_digest
-from loopline.data.sources.base import LOCATION, Chunk, Partition, rejects_table
+from loopline.data.files import _MEMO_LOCK, Files, _file_digest, _stat, _StatKey
+from loopline.data.sources.base import LOCATION, Chunk, Partition, Span, rejects_table
 from loopline.errors import SourceError
 
 __all__ = ["FileSource"]
@@ -82,6 +83,8 @@ _MAX_RAW = 64 * 1024
 _BOM = b"\xef\xbb\xbf"
 _NL, _CR = 10, 13
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+# (stat data, reading options) -> the pieces of a split file: list them once per process.
+_PIECES_MEMO: dict[tuple[_StatKey, tuple[Any, ...]], list[Partition]] = {}
 
 _Ints = npt.NDArray[np.int64]
 
@@ -126,6 +129,15 @@ class FileSource:
         holds a few blocks at once (one per worker thread, see
         docs/decisions/0007-csv-locations.md): about 15 times this at its peak, however
         large the file. A CSV record may span at most ``max(block_size, 1 MiB)`` bytes.
+    split_bytes : int, optional
+        Split a file larger than this into partitions of about this many bytes, which
+        ingestion reads in parallel on Ray and, incrementally, re-reads one by one (a file
+        that grows: only its last ones): an uncompressed UTF-8 CSV, TSV or JSON Lines file
+        at record starts, found by a pass over the file with the reader's own record
+        splitter (about half the time of a plain read on a quoted CSV: the price of
+        splitting), a Parquet file between row groups. Rows keep their location in the
+        whole file. Compressed files, other encodings and zip members stay whole. By
+        default every file is one partition.
     name : str, optional
         A short name for messages and dataset records; the first pattern by default.
 
@@ -155,6 +167,7 @@ class FileSource:
         compression: str | None = None,
         hive_partitioning: bool = True,
         block_size: int = 16 * _MIB,
+        split_bytes: int | None = None,
         name: str | None = None,
     ) -> None:
         listed = [patterns] if isinstance(patterns, str | os.PathLike) else list(patterns or [])
@@ -210,6 +223,14 @@ class FileSource:
                 f"The 'block_size' parameter of FileSource must be a positive number of bytes "
                 f"such as 16777216. Got {block_size!r}."
             )
+        if split_bytes is not None and (
+            isinstance(split_bytes, bool) or not isinstance(split_bytes, int) or split_bytes < 1
+        ):
+            raise SourceError(
+                f"The 'split_bytes' parameter of FileSource must be a positive number of "
+                f"bytes such as 268435456 (256 MiB), or None to keep every file whole. "
+                f"Got {split_bytes!r}."
+            )
         self.format = fmt
         self.delimiter = delimiter
         self.quote = quote
@@ -218,6 +239,7 @@ class FileSource:
         self.compression = compression
         self.hive_partitioning = hive_partitioning
         self.block_size = block_size
+        self.split_bytes = split_bytes
         if name is None:
             more = len(self.patterns) - 1
             name = self.patterns[0] + (f" (+{more} more)" if more else "")
@@ -229,7 +251,8 @@ class FileSource:
     # -- the Source protocol --------------------------------------------------------------
 
     def partitions(self) -> list[Partition]:
-        """One partition per file (per member of a zip archive), in path order.
+        """One partition per file (per member of a zip archive), in path order; a file
+        larger than ``split_bytes`` one per piece, in file order.
 
         Raises ``SourceError`` when a pattern matches no file or a file's format cannot
         be told from its name.
@@ -237,11 +260,16 @@ class FileSource:
         found: list[Partition] = []
         for url in Files(*self.patterns).paths():
             compression, inner = self._compression_of(url)
-            size, sha = _file_digest(url)
             if compression != "zip":
-                self._format_of(url, inner)
+                fmt = self._format_of(url, inner)
+                pieces = self._pieces(url, fmt) if compression is None else []
+                if pieces:
+                    found += pieces
+                    continue
+                size, sha = _file_digest(url)
                 found.append(Partition(source=url, key=url, fingerprint=sha, size_bytes=size))
                 continue
+            _, sha = _file_digest(url)
             for member in _zip_members(url):
                 self._format_of(f"zip://{member.filename}::{url}", member.filename)
                 key = f"zip://{member.filename}::{url}"
@@ -261,6 +289,9 @@ class FileSource:
         compressed stream or Parquet file. The chunks already yielded then belong to an
         incomplete read and must be discarded.
         """
+        if partition.span is not None:
+            yield from self._read_piece(partition, partition.span)
+            return
         url, member = _split_key(partition.key)
         compression, inner = self._compression_of(url)
         fmt = self._format_of(partition.key, member if member is not None else inner)
@@ -278,23 +309,162 @@ class FileSource:
             else:
                 codec = compression if compression in ("gzip", "zstd") else None
                 text = _utf8_blocks(_blocks(opened.handle, codec, self.block_size), self.encoding)
-                max_record = max(self.block_size, _MIN_MAX_RECORD)
-                reader: _TextReader
-                if fmt == "jsonl":
-                    reader = _JsonReader(partition.source, hive, self.encoding)
-                else:
-                    delimiter = self.delimiter or ("\t" if fmt == "tsv" else ",")
-                    reader = _CsvReader(
-                        partition.source,
-                        hive,
-                        self.encoding,
-                        delimiter,
-                        self.quote,
-                        self.header,
-                        max_record,
-                    )
-                yield from _drive(reader, text, max_record, pa.cpu_count())
+                reader = self._text_reader(partition.source, fmt, hive)
+                yield from _drive(reader, text, self._max_record(), pa.cpu_count())
             opened.finish()
+
+    # -- large files in pieces ---------------------------------------------------------------
+
+    def _pieces(self, url: str, fmt: str) -> list[Partition]:
+        """The partitions of a file split at ``split_bytes``; none when it stays whole.
+
+        Memoized by the file's stat data, like its sha256 (data/files.py): listing the
+        partitions of an unchanged file again does not read it again.
+        """
+        if self.split_bytes is None:
+            return []
+        if fmt != "parquet" and codecs.lookup(self.encoding).name not in ("utf-8", "utf-8-sig"):
+            return []
+        stat, size = _stat(url)
+        if size <= self.split_bytes:
+            return []
+        options = (fmt, self.delimiter, self.quote, self.header, self.block_size, self.split_bytes)
+        memo = (stat, options) if stat is not None else None
+        with _MEMO_LOCK:
+            known = _PIECES_MEMO.get(memo) if memo is not None else None
+        if known is not None:
+            return known
+        fs, path = fsspec.core.url_to_fs(url)
+        with _reading(url), fs.open(path, "rb") as handle:
+            if fmt == "parquet":
+                pieces = self._parquet_pieces(url, handle, size)
+            else:
+                pieces = self._text_pieces(url, fmt, handle, size)
+        if memo is not None:
+            with _MEMO_LOCK:
+                _PIECES_MEMO[memo] = pieces
+        return pieces
+
+    def _text_pieces(self, url: str, fmt: str, handle: Any, size: int) -> list[Partition]:
+        """Cut where the reader itself finds a record start after every ``split_bytes``
+        (a walk over the whole file with its record splitter, no parsing), and
+        fingerprint each piece in the same pass."""
+        bom = len(_BOM) if handle.read(len(_BOM)) == _BOM else 0
+        handle.seek(0)
+        reader = self._text_reader(url, fmt, {})
+        assert self.split_bytes is not None
+        # Records start where they do whatever the blocks (the property test of the CSV
+        # reader reads every file at many block sizes): blocks well below split_bytes
+        # let cuts land within an eighth of it.
+        raw = _Kept(_blocks(handle, None, max(1, min(self.block_size, self.split_bytes // 8))))
+        cuts = [(0, 1, hashlib.sha256())]  # where each piece starts, its line, its digest
+        for place in _walk(reader, _utf8_blocks(iter(raw), "utf-8"), self._max_record()):
+            at = place.offset + bom
+            if (
+                place.clean
+                and reader.started
+                and at - cuts[-1][0] >= self.split_bytes
+                and at < size
+            ):
+                raw.hash_to(at, cuts[-1][2])
+                cuts.append((at, place.line, hashlib.sha256()))
+            raw.hash_to(at, cuts[-1][2])  # what lies before the next record is this piece's
+        if len(cuts) < 2:
+            return []
+        raw.hash_to(size, cuts[-1][2])
+        names = getattr(reader, "names", None)
+        pieces = []
+        for (start, first, digest), stop in zip(
+            cuts, [c[0] for c in cuts[1:]] + [size], strict=True
+        ):
+            fingerprint = _text_fingerprint(names, first, digest)
+            pieces.append(_piece(url, Span(start, stop, first), fingerprint, "bytes", stop - start))
+        return pieces
+
+    def _parquet_pieces(self, url: str, handle: Any, size: int) -> list[Partition]:
+        """Runs of row groups of at least ``split_bytes`` (compressed) each."""
+        meta = pq.ParquetFile(handle).metadata
+        assert self.split_bytes is not None
+        runs: list[tuple[int, int, int]] = []  # row groups [start, stop), bytes
+        start = got = 0
+        for index in range(meta.num_row_groups):
+            start_byte, stop_byte = _group_bytes(meta, index)
+            got += stop_byte - start_byte
+            if got >= self.split_bytes or index + 1 == meta.num_row_groups:
+                runs.append((start, index + 1, got))
+                start, got = index + 1, 0
+        if len(runs) < 2:
+            return []
+        footer = _parquet_footer(handle, size)
+        pieces = []
+        first = 1
+        for start, stop, got in runs:
+            span = Span(start, stop, first)
+            fingerprint = _parquet_fingerprint(handle, meta, footer, span, self.block_size, url)
+            pieces.append(_piece(url, span, fingerprint, "row groups", got))
+            first += sum(meta.row_group(i).num_rows for i in range(start, stop))
+        return pieces
+
+    def _read_piece(self, partition: Partition, span: Span) -> Iterator[Chunk]:
+        """Read one piece of a split file, and check it is the piece fingerprinted."""
+        url = partition.source
+        _, inner = self._compression_of(url)
+        fmt = self._format_of(url, inner)
+        hive = _hive_values(url, None) if self.hive_partitioning else {}
+        changed = SourceError(
+            f"File {url!r} changed after its partitions were listed: the content of "
+            f"{partition.key} no longer matches its fingerprint. List the partitions again "
+            f"and read those; nothing read from this one should be kept.",
+            path=url,
+        )
+        with _reading(partition.key), _Opened(url, None, None) as opened:
+            handle = opened.handle
+            if fmt == "parquet":
+                parquet = pq.ParquetFile(handle)
+                footer = _parquet_footer(handle, opened.fs.size(opened.path))
+                if (
+                    parquet.metadata.num_row_groups < span.stop
+                    or _parquet_fingerprint(
+                        handle, parquet.metadata, footer, span, self.block_size, url
+                    )
+                    != partition.fingerprint
+                ):
+                    raise changed
+                groups = range(span.start, span.stop)
+                yield from _parquet_chunks(
+                    handle, url, hive, self.block_size, row_groups=groups, first=span.first
+                )
+            else:
+                reader = self._text_reader(url, fmt, hive)
+                if span.start and not reader.started:
+                    # The header names this piece's columns: read it as the whole file would.
+                    head = _utf8_blocks(_blocks(handle, None, self.block_size), "utf-8")
+                    for _ in _walk(reader, head, self._max_record()):
+                        if reader.started:
+                            break
+                digest = hashlib.sha256()
+                handle.seek(span.start)
+                text = _hashed(_range(handle, span.stop - span.start, self.block_size, url), digest)
+                if not span.start:
+                    text = _utf8_blocks(text, "utf-8")
+                chunks = _drive(reader, text, self._max_record(), pa.cpu_count(), span.first)
+                yield from chunks
+                if _text_fingerprint(getattr(reader, "names", None), span.first, digest) != (
+                    partition.fingerprint
+                ):
+                    raise changed
+            opened.finish()
+
+    def _text_reader(self, source: str, fmt: str, hive: dict[str, str | None]) -> _TextReader:
+        if fmt == "jsonl":
+            return _JsonReader(source, hive, self.encoding)
+        delimiter = self.delimiter or ("\t" if fmt == "tsv" else ",")
+        return _CsvReader(
+            source, hive, self.encoding, delimiter, self.quote, self.header, self._max_record()
+        )
+
+    def _max_record(self) -> int:
+        return max(self.block_size, _MIN_MAX_RECORD)
 
     # -- what a file is ------------------------------------------------------------------
 
@@ -388,12 +558,13 @@ class _Opened:
     """An open partition that checks the file is the one fingerprinted, before and after.
 
     On entry the file's sha256 (memoized by its stat data, see data/files.py) must equal
-    the partition's fingerprint; on ``finish`` its stat identity (size, times, inode,
+    the partition's fingerprint (a piece of a split file is checked by its reader, which
+    hashes the bytes it reads: pass None); on ``finish`` its stat identity (size, times, inode,
     ETag) must be what it was on entry, so a file rewritten, truncated or removed while
     it was read raises instead of leaving a silent half-read.
     """
 
-    def __init__(self, url: str, fingerprint: str, member: str | None) -> None:
+    def __init__(self, url: str, fingerprint: str | None, member: str | None) -> None:
         self.url, self.fingerprint, self.member = url, fingerprint, member
         self.where = f"zip://{member}::{url}" if member else url
         self.fs, self.path = fsspec.core.url_to_fs(url)
@@ -403,6 +574,16 @@ class _Opened:
 
     def __enter__(self) -> _Opened:
         self._before = _identity(self.fs.info(self.path))
+        if self.fingerprint is not None:
+            self._check()
+        handle = self._stack.enter_context(self.fs.open(self.path, "rb"))
+        if self.member is not None:
+            archive = self._stack.enter_context(zipfile.ZipFile(handle))
+            handle = self._stack.enter_context(archive.open(self.member))
+        self.handle = handle
+        return self
+
+    def _check(self) -> None:
         _, sha = _file_digest(self.url)
         if self.member is not None:
             sha = hashlib.sha256(f"{sha}\0{self.member}".encode()).hexdigest()
@@ -412,12 +593,6 @@ class _Opened:
                 f"no longer matches the fingerprint. List the partitions again and read those.",
                 path=self.where,
             )
-        handle = self._stack.enter_context(self.fs.open(self.path, "rb"))
-        if self.member is not None:
-            archive = self._stack.enter_context(zipfile.ZipFile(handle))
-            handle = self._stack.enter_context(archive.open(self.member))
-        self.handle = handle
-        return self
 
     def finish(self) -> None:
         """Check, after the last byte was read, that the file did not move meanwhile."""
@@ -451,6 +626,99 @@ def _blocks(handle: Any, codec: str | None, block_size: int) -> Iterator[bytes]:
     while ahead[0]:
         yield ahead.pop()
         ahead.append(stream.read(block_size))
+
+
+def _range(handle: Any, length: int, block_size: int, where: str) -> Iterator[bytes]:
+    """The next ``length`` bytes of ``handle``, ``block_size`` at a time."""
+    while length > 0:
+        block = handle.read(min(block_size, length))
+        if not block:
+            raise SourceError(
+                f"File {where!r} ended {length} bytes before the partition read from it: it "
+                f"was truncated after its partitions were listed. List them again.",
+                path=where,
+            )
+        length -= len(block)
+        yield block
+
+
+class _Kept:
+    """Blocks passed on and kept until hashed: ``hash_to`` feeds a digest the bytes up to
+    an offset, so pieces are hashed in the pass that finds where they end."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._blocks = blocks
+        self._kept: deque[bytes] = deque()
+        self._at = 0  # the offset of the first kept byte
+
+    def __iter__(self) -> Iterator[bytes]:
+        for block in self._blocks:
+            self._kept.append(block)
+            yield block
+
+    def hash_to(self, offset: int, digest: Any) -> None:
+        while self._kept and self._at < offset:
+            block = self._kept[0]
+            take = min(len(block), offset - self._at)
+            digest.update(memoryview(block)[:take])
+            self._at += take
+            if take == len(block):
+                self._kept.popleft()
+            else:
+                self._kept[0] = block[take:]
+
+
+def _hashed(blocks: Iterator[bytes], digest: Any) -> Iterator[bytes]:
+    for block in blocks:
+        digest.update(block)
+        yield block
+
+
+def _piece(url: str, span: Span, fingerprint: str, unit: str, size: int) -> Partition:
+    key = f"{url} [{unit} {span.start}-{span.stop}]"
+    return Partition(source=url, key=key, fingerprint=fingerprint, size_bytes=size, span=span)
+
+
+def _text_fingerprint(names: list[str] | None, first: int, digest: Any) -> str:
+    """A piece of a text file: its bytes, its first line and the columns the header names."""
+    header = orjson.dumps(names).decode()
+    return hashlib.sha256(f"{header}\0{first}\0{digest.hexdigest()}".encode()).hexdigest()
+
+
+def _parquet_footer(handle: Any, size: int) -> bytes:
+    """The file's metadata as stored (its last ``8 + length`` bytes)."""
+    handle.seek(size - 8)
+    tail = handle.read(8)
+    length = int.from_bytes(tail[:4], "little")
+    handle.seek(size - 8 - length)
+    return bytes(handle.read(length))
+
+
+def _group_bytes(meta: pq.FileMetaData, index: int) -> tuple[int, int]:
+    """Where row group ``index`` lies in the file: its column chunks, pages and all."""
+    group = meta.row_group(index)
+    starts, stops = [], []
+    for column in range(group.num_columns):
+        chunk = group.column(column)
+        start = chunk.data_page_offset
+        if chunk.has_dictionary_page and chunk.dictionary_page_offset:
+            start = min(start, chunk.dictionary_page_offset)
+        starts.append(start)
+        stops.append(start + chunk.total_compressed_size)
+    return (min(starts), max(stops)) if starts else (0, 0)
+
+
+def _parquet_fingerprint(
+    handle: Any, meta: pq.FileMetaData, footer: bytes, span: Span, block_size: int, where: str
+) -> str:
+    """Row groups ``span``: sha256 of the file's metadata and of the bytes they occupy."""
+    lying = [_group_bytes(meta, index) for index in range(span.start, span.stop)]
+    start, stop = min(w[0] for w in lying), max(w[1] for w in lying)
+    digest = hashlib.sha256(footer)
+    handle.seek(start)
+    for block in _range(handle, stop - start, block_size, where):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def _utf8_blocks(blocks: Iterator[bytes], encoding: str) -> Iterator[bytes]:
@@ -541,6 +809,11 @@ class _TextReader(ABC):
         """The chunk to yield when the whole file gave none (a header and no rows)."""
         return None
 
+    @property
+    def started(self) -> bool:
+        """Whether what comes next can be read on its own (a CSV file's header is read)."""
+        return True
+
     # shared helpers ----------------------------------------------------------------------
 
     def reject_table(self, buf: bytes, rejects: list[_Reject]) -> pa.Table:
@@ -611,24 +884,85 @@ def _valid_utf8(buf: bytes, upto: int) -> bool:
     return True
 
 
-def _drive(
-    reader: _TextReader, blocks: Iterator[bytes], max_record: int, workers: int
-) -> Iterator[Chunk]:
+@dataclass
+class _Place:
+    """Where a walk over text blocks stands after a block: the stream offset and line of
+    the next record, and whether that is a record start (not inside a line being
+    skipped)."""
+
+    offset: int
+    line: int
+    clean: bool
+    jobs: list[Callable[[], list[Chunk]]]
+    """What turns the records handled since the last place into chunks, in order."""
+
+
+def _walk(
+    reader: _TextReader, blocks: Iterator[bytes], max_record: int, line: int = 1
+) -> Iterator[_Place]:
     """Feed ``reader`` buffers that start at a record; carry what it leaves to the next.
 
-    Splitting into records is sequential (a record may continue in the next block); the
-    jobs that turn records into chunks run on up to ``workers`` threads, in order.
+    Splitting into records is sequential (a record may continue in the next block): this
+    is that part, the same for reading (``_drive``) and for finding where a large file
+    can be split (``_text_spans``). ``line`` is the line of the first byte.
     """
+    carry = b""
+    offset = 0  # where carry starts in the stream
+    skipping = False  # inside a line too long to keep: drop bytes up to its end
+    for block in blocks:
+        jobs: list[Callable[[], list[Chunk]]] = []
+        if skipping:
+            end = block.find(b"\n")
+            if end < 0:
+                offset += len(block)
+                yield _Place(offset, line, False, jobs)
+                continue
+            offset += end + 1
+            block, line, skipping = block[end + 1 :], line + 1, False
+        buf = carry + block if carry else block
+        del block  # one copy of the text in memory, not two
+        step = reader.step(buf, line, False, False)
+        if step.job is not None:
+            jobs.append(step.job)
+        carry, line, offset = buf[step.consumed :], line + step.lines, offset + step.consumed
+        while len(carry) > max_record and not skipping:
+            if b"\n" in carry:
+                step = reader.step(carry, line, False, True)
+                if step.job is not None:
+                    jobs.append(step.job)
+                carry, line = carry[step.consumed :], line + step.lines
+                offset += step.consumed
+                continue
+            raw = reader.raw(carry[:_MAX_RAW]) + "…"
+            reason = f"line longer than {max_record} bytes"
+            chunk = reader.rejects_only([_Reject(line, 0, 0, reason, raw=raw)])
+            if chunk is None:
+                raise SourceError(
+                    f"The first line of {reader.source!r} is longer than {max_record} "
+                    f"bytes. Is it a text file with LF or CRLF line ends? Pass a "
+                    f"block_size larger than its longest line, or the right format.",
+                    path=reader.source,
+                )
+            jobs.append(functools.partial(list, [chunk]))
+            offset += len(carry)
+            carry, skipping = b"", True
+        yield _Place(offset, line, not skipping, jobs)
+    if carry and not skipping:
+        size = len(carry)
+        if not carry.endswith(b"\n"):
+            carry += b"\n"  # the last line has no line end: give it one
+        step = reader.step(carry, line, True, False)
+        jobs = [step.job] if step.job is not None else []
+        yield _Place(offset + size, line + step.lines, True, jobs)
+
+
+def _drive(
+    reader: _TextReader, blocks: Iterator[bytes], max_record: int, workers: int, line: int = 1
+) -> Iterator[Chunk]:
+    """The chunks of the records ``_walk`` finds, made on up to ``workers`` threads, in
+    order."""
     pool = ThreadPoolExecutor(workers) if reader.parallel and workers > 1 else None
     pending: deque[Future[list[Chunk]]] = deque()
-
-    def queue(job: Callable[[], list[Chunk]]) -> None:
-        if pool is not None:
-            pending.append(pool.submit(job))
-        else:
-            done: Future[list[Chunk]] = Future()
-            done.set_result(job())
-            pending.append(done)
 
     def ready(limit: int) -> list[Chunk]:
         out: list[Chunk] = []
@@ -637,50 +971,18 @@ def _drive(
         return out
 
     emitted = False
-    carry = b""
-    line = 1
-    skipping = False  # inside a line too long to keep: drop bytes up to its end
     try:
-        for block in blocks:
-            if skipping:
-                end = block.find(b"\n")
-                if end < 0:
-                    continue
-                block, line, skipping = block[end + 1 :], line + 1, False
-            buf = carry + block if carry else block
-            del block  # one copy of the text in memory, not two
-            step = reader.step(buf, line, False, False)
-            if step.job is not None:
-                queue(step.job)
-            carry, line = buf[step.consumed :], line + step.lines
-            while len(carry) > max_record and not skipping:
-                if b"\n" in carry:
-                    step = reader.step(carry, line, False, True)
-                    if step.job is not None:
-                        queue(step.job)
-                    carry, line = carry[step.consumed :], line + step.lines
-                    continue
-                raw = reader.raw(carry[:_MAX_RAW]) + "…"
-                reason = f"line longer than {max_record} bytes"
-                chunk = reader.rejects_only([_Reject(line, 0, 0, reason, raw=raw)])
-                if chunk is None:
-                    raise SourceError(
-                        f"The first line of {reader.source!r} is longer than {max_record} "
-                        f"bytes. Is it a text file with LF or CRLF line ends? Pass a "
-                        f"block_size larger than its longest line, or the right format.",
-                        path=reader.source,
-                    )
-                queue(functools.partial(list, [chunk]))
-                carry, skipping = b"", True
+        for place in _walk(reader, blocks, max_record, line):
+            for job in place.jobs:
+                if pool is not None:
+                    pending.append(pool.submit(job))
+                else:
+                    done: Future[list[Chunk]] = Future()
+                    done.set_result(job())
+                    pending.append(done)
             for chunk in ready(workers):
                 emitted = True
                 yield chunk
-        if carry and not skipping:
-            if not carry.endswith(b"\n"):
-                carry += b"\n"  # the last line has no line end: give it one
-            step = reader.step(carry, line, True, False)
-            if step.job is not None:
-                queue(step.job)
         for chunk in ready(0):
             emitted = True
             yield chunk
@@ -982,6 +1284,10 @@ class _CsvReader(_TextReader):
     def final_chunk(self) -> Chunk | None:
         return self.rejects_only([])
 
+    @property
+    def started(self) -> bool:
+        return self.names is not None
+
     def _bad_header(self, line: int, reason: str) -> NoReturn:
         if self.header:
             what, hint = "The header", "Fix the header, or pass header=False to read it as data"
@@ -1212,20 +1518,27 @@ def _json_reason(text: bytes) -> str:
 
 
 def _parquet_chunks(
-    handle: Any, source: str, hive: dict[str, str | None], block_size: int
+    handle: Any,
+    source: str,
+    hive: dict[str, str | None],
+    block_size: int,
+    *,
+    row_groups: Sequence[int] | None = None,
+    first: int = 1,
 ) -> Iterator[Chunk]:
-    """Record batches of about ``block_size`` bytes (by the file's own size per row)."""
+    """Record batches of about ``block_size`` bytes (by the file's own size per row), of
+    every row group or of ``row_groups``, whose first row is row ``first`` of the file."""
     parquet = pq.ParquetFile(handle)
     meta = parquet.metadata
     total = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     per_row = max(1, total // max(1, meta.num_rows))
     batch_rows = max(1, block_size // per_row)
-    row = 1
-    for batch in parquet.iter_batches(batch_size=batch_rows):
+    row = first
+    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=row_groups):
         table = _with_hive(pa.Table.from_batches([batch]), hive, source)
         count = batch.num_rows
         yield Chunk.of(table, source=source, locations=np.arange(row, row + count))
         row += count
-    if row == 1:
+    if row == first:
         table = _with_hive(parquet.schema_arrow.empty_table(), hive, source)
         yield Chunk.of(table, source=source, locations=[])
