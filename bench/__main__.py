@@ -26,6 +26,7 @@ MODULES = (
     "batch_predict",
     "ray_overhead",
     "ray_scaling",
+    "ray_ingest",
     "serve_replicas",
 )
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"

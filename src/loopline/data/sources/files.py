@@ -93,11 +93,11 @@ class FileSource:
     """Rows from files: CSV, TSV, Parquet or JSON Lines, plain or compressed.
 
     Each file is a partition, fingerprinted by the sha256 of its bytes; a zip archive
-    gives one partition per member. ``read`` yields chunks of about ``block_size`` bytes
-    of (decompressed) input, with each row's location: the physical line where it starts
-    in a CSV, TSV or JSON Lines file (the header is line 1), the row number in a Parquet
-    file. Rows that cannot be parsed are in ``Chunk.rejects`` with their raw text and the
-    reason; none is dropped.
+    gives one partition per member, and a file larger than ``split_bytes`` one per piece.
+    ``read`` yields chunks of about ``block_size`` bytes of (decompressed) input, with
+    each row's location: the physical line where it starts in a CSV, TSV or JSON Lines
+    file (the header is line 1), the row number in a Parquet file. Rows that cannot be
+    parsed are in ``Chunk.rejects`` with their raw text and the reason; none is dropped.
 
     Parameters
     ----------
@@ -904,7 +904,7 @@ def _walk(
 
     Splitting into records is sequential (a record may continue in the next block): this
     is that part, the same for reading (``_drive``) and for finding where a large file
-    can be split (``_text_spans``). ``line`` is the line of the first byte.
+    can be split (``FileSource._text_pieces``). ``line`` is the line of the first byte.
     """
     carry = b""
     offset = 0  # where carry starts in the stream
