@@ -3,10 +3,16 @@ environment."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from importlib import metadata
+from pathlib import Path
+from typing import Any
 
-__all__ = ["env_int", "version"]
+__all__ = ["child_figures", "env_int", "version"]
 
 
 def version(package: str) -> str:
@@ -33,3 +39,16 @@ def env_int(name: str, default: int, *, owner: str) -> int:
             f"{default}. Got {os.environ[name]!r}."
         )
     return value
+
+
+def child_figures(module: str, *args: str) -> dict[str, Any]:
+    """Run ``python -m MODULE child ARGS... OUT`` in a fresh process (and so a fresh Ray
+    cluster) and return the JSON figures it wrote to OUT."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(
+            [sys.executable, "-m", module, "child", *args, out.name],
+            check=True,
+            env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+        )
+        figures: dict[str, Any] = json.loads(Path(out.name).read_text())
+        return figures

@@ -20,9 +20,7 @@ file's size (default 1000).
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -30,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import env_int, version
+from bench.common import child_figures, env_int, version
 from bench.ingest import CONTRACT, generate
 
 SIZE_ENV = "LOOPLINE_BENCH_RAY_INGEST_MB"
@@ -112,14 +110,7 @@ def _child(config: str, path: str, out: str) -> None:
 
 
 def _measure(config: str, path: Path) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run(
-            [sys.executable, "-m", "bench.ray_ingest", "child", config, str(path), out.name],
-            check=True,
-            env={**os.environ, "RAY_DEDUP_LOGS": "0"},
-        )
-        figures: dict[str, Any] = json.loads(Path(out.name).read_text())
-        return figures
+    return child_figures("bench.ray_ingest", config, str(path))
 
 
 def run() -> str:

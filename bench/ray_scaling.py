@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import env_int, version
+from bench.common import child_figures, env_int, version
 
 ROWS = 20_000_000
 
@@ -193,14 +193,7 @@ def _ceiling(rows: int, repeats: int = 2) -> tuple[float, float]:
 
 
 def _measure(config: str, rows: int) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run(
-            [sys.executable, "-m", "bench.ray_scaling", "child", config, str(rows), out.name],
-            check=True,
-            env={**os.environ, "RAY_DEDUP_LOGS": "0"},
-        )
-        figures: dict[str, Any] = json.loads(Path(out.name).read_text())
-        return figures
+    return child_figures("bench.ray_scaling", config, str(rows))
 
 
 def _median_run(rounds: list[dict[str, Any]]) -> dict[str, Any]:
