@@ -211,3 +211,33 @@ def test_a_step_process_imports_lightgbm_beside_its_first_step_once(
     thread.join(timeout=60)
     assert not thread.is_alive()
     assert "lightgbm" in sys.modules
+
+
+THREADS = """
+import os
+
+import polars as pl
+import pyarrow as pa
+
+from loopline import step
+
+
+@step(cache=False)
+def threads() -> list[str]:
+    return [os.environ.get("OMP_NUM_THREADS", ""), str(pa.cpu_count()), str(pl.thread_pool_size())]
+"""
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_step_on_ray_reads_and_writes_arrow_on_as_many_threads_as_polars(
+    tmp_path: Path,
+) -> None:
+    """Ray gives a one-CPU task one OpenMP thread, and Arrow took that for its pool."""
+    path = tmp_path / "threads.py"
+    path.write_text(THREADS)
+    with make_runner(tmp_path, "ray") as runner:
+        result = runner.run(path)
+        assert result.ok, result.error
+        omp, arrow, polars = runner.output(result.run_id, "threads")
+    assert omp == "1"
+    assert arrow == polars

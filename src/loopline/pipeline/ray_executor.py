@@ -59,7 +59,7 @@ class RayExecutor(ShutsDown):
         # made to import anything.
         local = self._connected and address is None
         self._remote = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES, retry_exceptions=False)(
-            _step if local else run_task
+            _step if local else _joined_step
         )
         self._pending: dict[Future[StepResult], Any] = {}
         self._lock = threading.Lock()
@@ -117,6 +117,19 @@ def _step(task: StepTask) -> StepResult:
     """A step's task on a cluster started here: ``run_task``, with the model libraries
     imported beside it the first time a process runs one (``_import_in_background``)."""
     _import_in_background()
+    return _joined_step(task)
+
+
+def _joined_step(task: StepTask) -> StepResult:
+    """A step's task: ``run_task``, with Arrow's threads as many as Polars'.
+
+    Ray sets ``OMP_NUM_THREADS`` to a task's CPUs (one), which Arrow takes for its own
+    pool, so a step's Parquet reads and writes (every frame artifact) ran on one thread
+    while Polars ran on every CPU of the node."""
+    import polars as pl
+    import pyarrow as pa
+
+    pa.set_cpu_count(pl.thread_pool_size())
     return run_task(task)
 
 
