@@ -337,35 +337,31 @@ class FileSource:
         fs, path = fsspec.core.url_to_fs(url)
         with _reading(url), fs.open(path, "rb") as handle:
             if fmt == "parquet":
-                pieces = self._parquet_pieces(url, handle, size)
+                pieces = self._parquet_pieces(url, handle, size, self.split_bytes)
             else:
-                pieces = self._text_pieces(url, fmt, handle, size)
+                pieces = self._text_pieces(url, fmt, handle, size, self.split_bytes)
         if memo is not None:
             with _MEMO_LOCK:
                 _PIECES_MEMO[memo] = pieces
         return pieces
 
-    def _text_pieces(self, url: str, fmt: str, handle: Any, size: int) -> list[Partition]:
+    def _text_pieces(
+        self, url: str, fmt: str, handle: Any, size: int, split_bytes: int
+    ) -> list[Partition]:
         """Cut where the reader itself finds a record start after every ``split_bytes``
         (a walk over the whole file with its record splitter, no parsing), and
         fingerprint each piece in the same pass."""
         bom = len(_BOM) if handle.read(len(_BOM)) == _BOM else 0
         handle.seek(0)
         reader = self._text_reader(url, fmt, {})
-        assert self.split_bytes is not None
         # Records start where they do whatever the blocks (the property test of the CSV
         # reader reads every file at many block sizes): blocks well below split_bytes
         # let cuts land within an eighth of it.
-        raw = _Kept(_blocks(handle, None, max(1, min(self.block_size, self.split_bytes // 8))))
+        raw = _Kept(_blocks(handle, None, max(1, min(self.block_size, split_bytes // 8))))
         cuts = [(0, 1, hashlib.sha256())]  # where each piece starts, its line, its digest
         for place in _walk(reader, _utf8_blocks(iter(raw), "utf-8"), self._max_record()):
             at = place.offset + bom
-            if (
-                place.clean
-                and reader.started
-                and at - cuts[-1][0] >= self.split_bytes
-                and at < size
-            ):
+            if place.clean and reader.started and at - cuts[-1][0] >= split_bytes and at < size:
                 raw.hash_to(at, cuts[-1][2])
                 cuts.append((at, place.line, hashlib.sha256()))
             raw.hash_to(at, cuts[-1][2])  # what lies before the next record is this piece's
@@ -381,16 +377,17 @@ class FileSource:
             pieces.append(_piece(url, Span(start, stop, first), fingerprint, "bytes", stop - start))
         return pieces
 
-    def _parquet_pieces(self, url: str, handle: Any, size: int) -> list[Partition]:
+    def _parquet_pieces(
+        self, url: str, handle: Any, size: int, split_bytes: int
+    ) -> list[Partition]:
         """Runs of row groups of at least ``split_bytes`` (compressed) each."""
         meta = pq.ParquetFile(handle).metadata
-        assert self.split_bytes is not None
         runs: list[tuple[int, int, int]] = []  # row groups [start, stop), bytes
         start = got = 0
         for index in range(meta.num_row_groups):
             start_byte, stop_byte = _group_bytes(meta, index)
             got += stop_byte - start_byte
-            if got >= self.split_bytes or index + 1 == meta.num_row_groups:
+            if got >= split_bytes or index + 1 == meta.num_row_groups:
                 runs.append((start, index + 1, got))
                 start, got = index + 1, 0
         if len(runs) < 2:
